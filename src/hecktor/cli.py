@@ -1,0 +1,207 @@
+"""The ``hecktor`` command: one verb per pipeline stage, each a thin call into the package.
+
+Values come from ``params.yaml`` (resolved for the chosen profile); options given on the command
+line win. Bad input ends with one message naming each patient and file at fault and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hecktor import __version__, io
+from hecktor.config import Config, ConfigError, load_config
+from hecktor.data.layout import InputError
+
+log = logging.getLogger("hecktor")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
+    common.add_argument(
+        "--profile", choices=["tiny", "demo", "paper"], help="scale profile (default: from params)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
+
+
+def _synth(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.data.synthetic import synthesize
+
+    updates = {k: v for k, v in (("patients", args.patients), ("seed", args.seed)) if v is not None}
+    synth = cfg.synth.model_copy(update=updates)
+    type(synth).model_validate(synth.model_dump())
+    out = Path(args.out or cfg.paths.synthetic)
+    oracle = args.oracle or (None if args.out else cfg.paths.oracle)
+    if args.out and not args.oracle:
+        oracle = out.parent / f"{out.name}_oracle.csv"
+    truth = synthesize(synth, out, oracle, workers=args.workers)
+    log.info("%d patients, %d centres; oracle: %s", len(truth), truth["CenterID"].nunique(), oracle)
+
+
+def _validate(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.data import layout
+
+    release = layout.scan_release(args.release or cfg.paths.release)
+    problems = list(release.problems)
+    layout.read_tables(release, problems)
+    cases = [release.image_case(p) for p in release.patients()]
+    from tqdm import tqdm
+
+    for case in tqdm(cases, desc="validate", unit="patient"):
+        try:
+            layout.load_case(case)
+        except InputError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise InputError(problems)
+    log.info("release %s is valid: %d patients", release.root, len(cases))
+
+
+def _prepare(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.data.preprocess import prepare_release
+
+    prep = (
+        cfg.prepare
+        if args.workers is None
+        else cfg.prepare.model_copy(update={"workers": args.workers})
+    )
+    index = prepare_release(args.release or cfg.paths.release, args.out or cfg.paths.prepared, prep)
+    log.info("prepared %d patients (%d labelled)", len(index), int(index["has_label"].sum()))
+
+
+def _split(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.data.splits import write_splits
+
+    splits = write_splits(
+        args.prepared or cfg.paths.prepared, args.out or cfg.paths.splits, cfg.split
+    )
+    log.info(
+        "splits written: %s",
+        ", ".join(
+            f"{k} {v['patients']} patients" for k, v in splits.items() if isinstance(v, dict)
+        ),
+    )
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor import evaluation
+
+    scorer = {
+        "seg": evaluation.evaluate_segmentation,
+        "rfs": evaluation.evaluate_survival,
+        "hpv": evaluation.evaluate_hpv,
+    }[args.task]
+    result = scorer(args.pred, args.truth)
+    io.write_json(args.out, result)
+    headline = {k: v for k, v in result.items() if isinstance(v, float)}
+    log.info("%s: %s -> %s", args.task, {k: round(v, 4) for k, v in headline.items()}, args.out)
+
+
+def _ui(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.tracking import ui_command
+
+    command = ui_command(cfg.paths.mlruns, args.host, args.port)
+    log.info("MLflow UI on http://%s:%d (Ctrl-C to stop)", args.host, args.port)
+    raise SystemExit(subprocess.call(command))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="hecktor",
+        description="PET/CT head-and-neck cancer pipeline: segmentation, survival, HPV status.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"hecktor {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("synth", parents=[common], help="write a synthetic HECKTOR release",
+                         description="Write a synthetic release in the HECKTOR 2025 layout, and an oracle CSV.")  # fmt: skip
+    p.add_argument("--out", help="release folder (default: paths.synthetic)")
+    p.add_argument("--patients", type=int, help="number of patients (default: synth.patients)")
+    p.add_argument("--seed", type=int, help="random seed (default: synth.seed)")
+    p.add_argument(
+        "--oracle", help="oracle CSV (default: paths.oracle, or <out>_oracle.csv with --out)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    p.set_defaults(func=_synth)
+
+    p = verbs.add_parser("validate", parents=[common], help="check a release without writing anything",
+                         description="Check every file and table of a release; list every problem found.")  # fmt: skip
+    p.add_argument("--release", help="release folder (default: paths.release)")
+    p.set_defaults(func=_validate)
+
+    p = verbs.add_parser("prepare", parents=[common], help="validate and preprocess a release",
+                         description="Validate a release, then resample, crop and normalise every patient.")  # fmt: skip
+    p.add_argument("--release", help="release folder (default: paths.release)")
+    p.add_argument("--out", help="output folder (default: paths.prepared)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: prepare.workers)")
+    p.set_defaults(func=_prepare)
+
+    p = verbs.add_parser("split", parents=[common], help="write k-fold, leave-one-centre-out and hold-out splits",
+                         description="Stratified k-fold, leave-one-centre-out and the Task 1 hold-out.")  # fmt: skip
+    p.add_argument("--prepared", help="prepared folder (default: paths.prepared)")
+    p.add_argument("--out", help="splits JSON (default: paths.splits)")
+    p.set_defaults(func=_split)
+
+    p = verbs.add_parser("evaluate", parents=[common], help="score predictions with the challenge metrics",
+                         description="Score predictions: seg (masks), rfs (risk CSV), hpv (0/1 CSV).")  # fmt: skip
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, pred_help, truth_help in (
+        (
+            "seg",
+            "folder of <PID>.nii.gz masks on the CT grid",
+            "flat folder of <PID>.nii.gz, or a release's 'Task 1' folder",
+        ),
+        (
+            "rfs",
+            "CSV PatientID,Prediction (risk: higher = earlier relapse)",
+            "Task 2 CSV (RFS, Relapse)",
+        ),
+        ("hpv", "CSV PatientID,Prediction (0 or 1)", "Task 3 CSV (HPV Status)"),
+    ):
+        t = tasks.add_parser(task, parents=[common], help=f"score Task {'1' if task == 'seg' else '2' if task == 'rfs' else '3'}",
+                             description=f"Score {task} predictions.")  # fmt: skip
+        t.add_argument("--pred", required=True, help=pred_help)
+        t.add_argument("--truth", required=True, help=truth_help)
+        t.add_argument("--out", required=True, help="metrics JSON to write")
+        t.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
+                         description="Serve the MLflow UI for the project's store (loopback unless told otherwise).")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.set_defaults(func=_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        cfg = (
+            load_config(args.params, args.profile)
+            if Path(args.params).is_file() or args.params != "params.yaml"
+            else Config()
+        )
+        args.func(args, cfg)
+    except (InputError, ConfigError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

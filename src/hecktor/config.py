@@ -1,0 +1,142 @@
+"""Typed, validated configuration read from ``params.yaml``.
+
+``params.yaml`` holds shared defaults per stage section and one block of overrides per scale
+profile (``tiny``, ``demo``, ``paper``). :func:`load_config` merges the selected profile over the
+defaults and validates the result; an unknown or mistyped key fails with its dotted name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Profile = Literal["tiny", "demo", "paper"]
+Triple = tuple[float, float, float]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    """Every path the pipeline reads or writes, relative to the project root unless absolute."""
+
+    synthetic: Path = Path("data/synthetic")
+    oracle: Path = Path("data/oracle.csv")
+    release: Path = Path("data/synthetic")
+    prepared: Path = Path("data/prepared")
+    splits: Path = Path("data/splits.json")
+    mlruns: Path = Path("mlruns")
+
+
+class SynthConfig(_Section):
+    """Synthetic cohort: size, grids (mm) and the share of patients in Tasks 2 and 3."""
+
+    patients: int = Field(60, ge=4)
+    seed: int = 2025
+    centres: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "HGJ", "HMR", "MDA", "USZ")
+    ct_spacing_mm: Triple = (2.0, 2.0, 3.0)
+    pet_spacing_mm: Triple = (4.0, 4.0, 3.0)
+    fov_mm: Triple = (256.0, 256.0, 300.0)
+    task2_fraction: float = Field(0.8, gt=0, le=1)
+    task3_fraction: float = Field(0.8, gt=0, le=1)
+    rotated_fraction: float = Field(0.15, ge=0, le=1)
+
+
+class PrepareConfig(_Section):
+    """The official HECKTOR preprocessing recipe with spacing and crop as parameters."""
+
+    spacing_mm: Triple = (1.0, 1.0, 1.0)
+    crop_mm: Triple = (200.0, 200.0, 310.0)
+    crop_offset_mm: Triple = (0.0, 0.0, 0.0)
+    interpolator: Literal["bspline", "linear"] = "bspline"
+    ct_window_hu: tuple[float, float] = (-250.0, 250.0)
+    ct_scale: float = Field(6.0, gt=0)
+    brain_top_fraction: float = Field(0.25, gt=0, le=1)
+    brain_zscore: float = 1.0
+    workers: int = Field(1, ge=1)
+
+    @field_validator("spacing_mm", "crop_mm")
+    @classmethod
+    def _positive(cls, value: Triple) -> Triple:
+        if min(value) <= 0:
+            raise ValueError(f"must be positive, got {value}")
+        return value
+
+
+class SplitConfig(_Section):
+    """Cross-validation folds, leave-one-centre-out, and the Task 1 hold-out."""
+
+    folds: int = Field(5, ge=2)
+    seed: int = 2025
+    holdout_fraction: float = Field(0.053, gt=0, lt=1)
+
+
+class Config(_Section):
+    """The resolved configuration of one pipeline run."""
+
+    profile: Profile = "demo"
+    paths: Paths = Paths()
+    synth: SynthConfig = SynthConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    split: SplitConfig = SplitConfig()
+
+    def digest(self) -> str:
+        """Short stable hash of the resolved config, logged beside each run."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of ``override`` win."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(raw: dict[str, Any], profile: str | None = None) -> Config:
+    """Merge the chosen profile over the shared defaults and validate."""
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    name = profile or raw.get("profile", "demo")
+    if name not in profiles and profiles:
+        raise ConfigError(
+            f"profile: unknown profile {name!r}; params.yaml defines {sorted(profiles)}"
+        )
+    merged = _merge(raw, profiles.get(name, {}) or {})
+    merged["profile"] = name
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        ]
+        raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: Path | str = "params.yaml", profile: str | None = None) -> Config:
+    """Read ``params.yaml`` (or another file) and return the resolved, validated config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return resolve(raw, profile)

@@ -1,0 +1,1 @@
+"""Data: release and container layouts, synthetic cohort, preprocessing, splits."""

@@ -1,0 +1,126 @@
+"""Patient splits: stratified k-fold, leave-one-centre-out, and the paper's small Task 1 hold-out.
+
+Folds are stratified by centre and the task's label (Task 1: whether the patient has lymph nodes;
+Task 2: relapse; Task 3: HPV status). A centre-label stratum too small for k folds falls back to the
+label alone, so small centres still spread across folds. Leave-one-centre-out holds out each centre
+in turn: the honest estimate of how a model does at a centre it has never seen.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from hecktor import io
+from hecktor.config import SplitConfig
+from hecktor.data import preprocess
+
+Fold = dict[str, list[str]]
+
+
+def strata(centres: list[str], labels: list[object], folds: int) -> list[str]:
+    """Centre-and-label strata; rare ones fall back to the label alone, then to one stratum."""
+    keys = [f"{c}|{y}" for c, y in zip(centres, labels, strict=True)]
+    counts = Counter(keys)
+    keys = [k if counts[k] >= folds else f"*|{k.split('|', 1)[1]}" for k in keys]
+    counts = Counter(keys)
+    return [k if counts[k] >= folds else "*|*" for k in keys]
+
+
+def kfold(
+    patients: list[str], centres: list[str], labels: list[object], folds: int, seed: int
+) -> list[Fold]:
+    """Stratified k-fold; each patient is validated exactly once."""
+    if len(patients) < folds:
+        raise ValueError(
+            f"split.folds: {folds} folds need at least {folds} patients, got {len(patients)}"
+        )
+    keys = strata(centres, labels, folds)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    ids = np.array(patients)
+    with warnings.catch_warnings():  # a label rarer than k is expected in small cohorts
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        pairs = list(splitter.split(ids, keys))
+    return [
+        {"train": sorted(ids[tr].tolist()), "val": sorted(ids[va].tolist())} for tr, va in pairs
+    ]
+
+
+def leave_one_centre_out(patients: list[str], centres: list[str]) -> list[Fold]:
+    """One fold per centre, that centre's patients held out; empty when only one centre."""
+    names = sorted(set(centres))
+    if len(names) < 2:
+        return []
+    return [
+        {
+            "centre": [name],
+            "train": sorted(p for p, c in zip(patients, centres, strict=True) if c != name),
+            "val": sorted(p for p, c in zip(patients, centres, strict=True) if c == name),
+        }
+        for name in names
+    ]
+
+
+def holdout(
+    patients: list[str], centres: list[str], labels: list[object], fraction: float, seed: int
+) -> Fold:
+    """One stratified train/validation split (the paper keeps 36 of 680 Task 1 patients)."""
+    n_val = max(1, round(fraction * len(patients)))
+    keys = strata(centres, labels, 2)
+    stratify = keys if min(Counter(keys).values()) >= 2 and n_val >= len(set(keys)) else None
+    train, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=stratify)
+    return {"train": sorted(train), "val": sorted(val)}
+
+
+def task_labels(prepared: Path | str) -> dict[int, pd.DataFrame]:
+    """Per task: patients, centres and the stratification label, from a prepared dataset."""
+    prepared = Path(prepared)
+    cases = pd.read_csv(prepared / "cases.csv")
+    clinical = pd.read_csv(prepared / "clinical.csv").set_index("PatientID")
+    out = {}
+    t1 = cases[cases["task1"] & cases["has_label"]].copy()
+    t1["label"] = [
+        int((preprocess.load_case(prepared, p).label == 2).any()) for p in t1["PatientID"]
+    ]
+    out[1] = t1
+    for task, column in ((2, "Relapse"), (3, "HPV Status")):
+        frame = cases[cases[f"task{task}"]].copy()
+        if column in clinical:
+            frame["label"] = [clinical[column].get(p) for p in frame["PatientID"]]
+        else:
+            frame["label"] = np.nan
+        out[task] = frame[frame["label"].notna()]
+    return out
+
+
+def make_splits(prepared: Path | str, cfg: SplitConfig) -> dict:
+    """All splits of all tasks, as written to the splits file."""
+    result: dict = {"folds": cfg.folds, "seed": cfg.seed}
+    for task, frame in task_labels(prepared).items():
+        patients = frame["PatientID"].tolist()
+        centres = frame["CenterID"].tolist()
+        labels = [str(v) for v in frame["label"].tolist()]
+        entry: dict = {"patients": len(patients)}
+        if len(patients) >= cfg.folds:
+            entry["kfold"] = kfold(patients, centres, labels, cfg.folds, cfg.seed)
+        entry["loco"] = leave_one_centre_out(patients, centres)
+        if task == 1 and len(patients) >= 2:
+            entry["holdout"] = holdout(patients, centres, labels, cfg.holdout_fraction, cfg.seed)
+        result[f"task{task}"] = entry
+    return result
+
+
+def write_splits(prepared: Path | str, out: Path | str, cfg: SplitConfig) -> dict:
+    splits = make_splits(prepared, cfg)
+    io.write_json(out, splits)
+    return splits
+
+
+def load_splits(path: Path | str) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny synthetic release and its prepared form, made once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hecktor.config import PrepareConfig, SplitConfig, SynthConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return load_config(ROOT / "params.yaml", profile="tiny")
+
+
+@pytest.fixture(scope="session")
+def synth_cfg(tiny_config) -> SynthConfig:
+    return tiny_config.synth.model_copy(update={"patients": 8})
+
+
+@pytest.fixture(scope="session")
+def prepare_cfg(tiny_config) -> PrepareConfig:
+    return tiny_config.prepare.model_copy(update={"workers": 1})
+
+
+@pytest.fixture(scope="session")
+def split_cfg(tiny_config) -> SplitConfig:
+    return tiny_config.split
+
+
+@pytest.fixture(scope="session")
+def release_dir(tmp_path_factory, synth_cfg) -> Path:
+    """A tiny synthetic release (8 patients, 3 centres), read-only by convention."""
+    from hecktor.data.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("release") / "hecktor2025_training"
+    synthesize(synth_cfg, out, out.parent / "oracle.csv")
+    return out
+
+
+@pytest.fixture
+def release_copy(tmp_path, release_dir) -> Path:
+    """A private copy of the tiny release, free to break."""
+    dst = tmp_path / "release"
+    shutil.copytree(release_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory, release_dir, prepare_cfg) -> Path:
+    from hecktor.data.preprocess import prepare_release
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare_release(release_dir, out, prepare_cfg)
+    return out
+
+
+def make_image(
+    array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None
+) -> sitk.Image:
+    """An image from a (Z, Y, X) array with the given geometry."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    if direction is not None:
+        image.SetDirection(tuple(float(d) for d in np.asarray(direction).ravel()))
+    return image

@@ -1,0 +1,211 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from tests.conftest import make_image
+
+from hecktor.data import layout
+from hecktor.data.layout import InputError
+from hecktor.data.preprocess import prepare_release
+
+
+def _first(release, task=1):
+    return layout.scan_release(release).cases[task][0]
+
+
+def test_scan_finds_all_tasks(release_dir):
+    release = layout.scan_release(release_dir)
+    assert release.problems == []
+    assert len(release.cases[1]) == 8
+    assert all(c.label is not None for c in release.cases[1])
+    assert 0 < len(release.cases[2]) <= 8 and 0 < len(release.cases[3]) <= 8
+    assert set(release.tables) == {1, 2, 3}
+
+
+def test_tables_parse_official_columns(release_dir):
+    release = layout.scan_release(release_dir)
+    problems: list = []
+    tables = layout.read_tables(release, problems)
+    assert problems == []
+    t2, t3 = tables[2], tables[3]
+    assert set(layout.TASK_COLUMNS[2]) <= set(t2.columns)
+    assert set(t2["Relapse"].dropna().unique()) <= {0.0, 1.0}
+    assert set(t3["HPV Status"].unique()) <= {0.0, 1.0}
+    assert set(t2["Gender"].unique()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "expected"),
+    [
+        ("M", "gender", 1.0), ("F", "gender", 0.0), ("1", "gender", 1.0), ("0", "gender", 0.0),
+        ("", "gender", None), ("Mx", "mstage", "Mx"), ("m1", "mstage", "M1"), ("M0", "mstage", "M0"),
+        ("63", "nonneg", 63.0), ("1.0", "binary", 1.0), ("nan", "binary", None),
+    ],
+)  # fmt: skip
+def test_parse_accepts_both_spellings(raw, kind, expected):
+    assert layout._parse(raw, kind) == expected
+
+
+def _assert_rejected(release, out, patient, filename, message):
+    with pytest.raises(InputError) as info:
+        prepare_release(release, out, _cfg())
+    text = str(info.value)
+    assert patient in text and filename in text and message in text, text
+    assert not out.exists(), "nothing may be written when the input is bad"
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert leftovers == []
+    return info.value
+
+
+def _cfg():
+    from tests.conftest import ROOT
+
+    from hecktor.config import load_config
+
+    return load_config(ROOT / "params.yaml", "tiny").prepare.model_copy(update={"workers": 1})
+
+
+def test_corrupt_file_is_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    data = case.pet.read_bytes()
+    case.pet.write_bytes(data[: len(data) // 3])
+    _assert_rejected(
+        release_copy, tmp_path / "out", case.patient, case.pet.name, "cannot read image"
+    )
+
+
+def test_missing_modality_is_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    case.ct.unlink()
+    _assert_rejected(release_copy, tmp_path / "out", case.patient, case.ct.name, "CT file missing")
+
+
+def test_ct_pet_without_overlap_is_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    pet = sitk.ReadImage(str(case.pet))
+    pet.SetOrigin(tuple(o + 5000.0 for o in pet.GetOrigin()))
+    sitk.WriteImage(pet, str(case.pet))
+    _assert_rejected(
+        release_copy, tmp_path / "out", case.patient, case.pet.name, "does not overlap"
+    )
+
+
+def test_label_values_outside_range_are_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    label = sitk.ReadImage(str(case.label))
+    array = sitk.GetArrayFromImage(label)
+    array[0, 0, 0] = 3
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(label)
+    sitk.WriteImage(bad, str(case.label))
+    _assert_rejected(
+        release_copy, tmp_path / "out", case.patient, case.label.name, "label values [3]"
+    )
+
+
+def test_label_off_the_ct_grid_is_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    label = sitk.ReadImage(str(case.label))
+    label.SetSpacing(tuple(s * 1.5 for s in label.GetSpacing()))
+    sitk.WriteImage(label, str(case.label))
+    _assert_rejected(
+        release_copy, tmp_path / "out", case.patient, case.label.name, "not on the CT grid"
+    )
+
+
+def test_csv_missing_column_is_named(release_copy, tmp_path):
+    path = release_copy / "Task 2" / layout.TASK_CSV[2]
+    pd.read_csv(path).drop(columns=["RFS"]).to_csv(path, index=False)
+    _assert_rejected(
+        release_copy, tmp_path / "out", "(all patients)", path.name, "missing column(s) ['RFS']"
+    )
+
+
+def test_csv_unreadable_value_is_named(release_copy, tmp_path):
+    path = release_copy / "Task 3" / layout.TASK_CSV[3]
+    frame = pd.read_csv(path, dtype=str)
+    patient = frame.loc[0, "PatientID"]
+    frame.loc[0, "Age"] = "sixty"
+    frame.to_csv(path, index=False)
+    _assert_rejected(release_copy, tmp_path / "out", patient, path.name, "unreadable value 'sixty'")
+
+
+def test_every_problem_is_reported(release_copy, tmp_path):
+    cases = layout.scan_release(release_copy).cases[1]
+    cases[0].ct.unlink()
+    cases[1].pet.write_bytes(b"not an image")
+    err = _assert_rejected(
+        release_copy, tmp_path / "out", cases[0].patient, cases[0].ct.name, "missing"
+    )
+    patients = {p.patient for p in err.problems}
+    assert {cases[0].patient, cases[1].patient} <= patients
+
+
+def test_table_and_folders_must_agree(release_copy, tmp_path):
+    path = release_copy / "Task 3" / layout.TASK_CSV[3]
+    frame = pd.read_csv(path, dtype=str)
+    dropped = frame.loc[0, "PatientID"]
+    frame.iloc[1:].to_csv(path, index=False)
+    _assert_rejected(release_copy, tmp_path / "out", dropped, path.name, "not listed in the table")
+
+
+def test_existing_output_survives_a_failed_run(release_copy, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    _first(release_copy).ct.unlink()
+    with pytest.raises(InputError):
+        prepare_release(release_copy, out, _cfg())
+    assert (out / "keep.txt").read_text() == "earlier result"
+
+
+def test_centre_from_patient_id():
+    assert layout.centre_of("CHUM-001") == "CHUM"
+    assert layout.centre_of("MDA-123") == "MDA"
+
+
+# --------------------------------------------------------------------------- container
+
+
+def _container_images():
+    ct = make_image(np.full((6, 8, 8), 40, np.int16), spacing=(2, 2, 3), origin=(-8, -8, 0))
+    pet = make_image(np.ones((4, 5, 5), np.float32), spacing=(4, 4, 4), origin=(-9, -9, -1))
+    return ct, pet
+
+
+def test_container_round_trip(tmp_path):
+    ct, pet = _container_images()
+    ehr = {"Age": 61, "Gender": 1, "Tobacco Consumption": None, "M-stage": "M0"}
+    layout.write_container_input(tmp_path / "input", "case-7", ct, pet, ehr)
+    got = layout.read_container_input(tmp_path / "input")
+    assert got.patient == "case-7" and got.ehr == ehr
+    assert got.ct.GetSize() == ct.GetSize() and got.pet.GetSpacing() == pet.GetSpacing()
+
+    mask = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(ct)
+    written = layout.write_container_outputs(tmp_path / "output", mask=mask, rfs=1.25, hpv=True)
+    assert len(written) == 3
+    out_mask = sitk.ReadImage(str(tmp_path / "output" / layout.CONTAINER_MASK))
+    assert out_mask.GetPixelID() == sitk.sitkUInt8 and layout.same_grid(out_mask, ct)
+    assert json.loads((tmp_path / "output" / "rfs.json").read_text()) == 1.25
+    assert json.loads((tmp_path / "output" / "hpv-status.json").read_text()) is True
+
+
+def test_container_missing_pet_is_named(tmp_path):
+    ct, pet = _container_images()
+    layout.write_container_input(tmp_path, "case-7", ct, pet, {})
+    (tmp_path / "images" / "pet" / "case-7.mha").unlink()
+    with pytest.raises(
+        InputError, match=r"images/pet: expected exactly one PET \.mha file, found 0"
+    ):
+        layout.read_container_input(tmp_path)
+
+
+def test_container_bad_ehr_is_named(tmp_path):
+    ct, pet = _container_images()
+    layout.write_container_input(tmp_path, "case-7", ct, pet, {})
+    (tmp_path / "ehr.json").write_text("{broken")
+    with pytest.raises(InputError, match=r"case-7: .*ehr\.json: cannot read JSON"):
+        layout.read_container_input(tmp_path)

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hecktor.config import Config, ConfigError, load_config, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("profile", ["tiny", "demo", "paper"])
+def test_every_profile_resolves(profile):
+    cfg = load_config(ROOT / "params.yaml", profile)
+    assert cfg.profile == profile
+    assert cfg.split.folds >= 2
+
+
+def test_default_profile_is_demo():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.profile == "demo"
+
+
+def test_profile_overrides_defaults_deeply():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tiny = resolve(raw, "tiny")
+    assert tiny.prepare.spacing_mm == tuple(raw["profiles"]["tiny"]["prepare"]["spacing_mm"])
+    # a key the profile does not set keeps the shared default
+    assert tiny.prepare.ct_window_hu == tuple(raw["prepare"]["ct_window_hu"])
+
+
+def test_paper_profile_follows_the_paper():
+    cfg = load_config(ROOT / "params.yaml", "paper")
+    assert cfg.prepare.spacing_mm == (1.0, 1.0, 1.0)
+    assert cfg.prepare.crop_mm == (288.0, 288.0, 288.0)
+    assert cfg.split.folds == 5
+
+
+def test_unknown_key_fails_with_its_name():
+    with pytest.raises(ConfigError, match=r"prepare\.spacing_mmm"):
+        resolve({"prepare": {"spacing_mmm": [1, 1, 1]}})
+
+
+def test_bad_value_fails_with_its_name():
+    with pytest.raises(ConfigError, match=r"split\.folds"):
+        resolve({"split": {"folds": 1}})
+    with pytest.raises(ConfigError, match=r"prepare\.spacing_mm"):
+        resolve({"prepare": {"spacing_mm": [0, 1, 1]}})
+
+
+def test_unknown_profile_fails():
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        resolve({"profiles": {"tiny": {}}}, "huge")
+
+
+def test_missing_file_fails(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_digest_is_stable_and_sensitive():
+    a, b = Config(), Config()
+    assert a.digest() == b.digest()
+    assert resolve({"split": {"folds": 4}}).digest() != a.digest()
