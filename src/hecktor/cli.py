@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hecktor import __version__, io
-from hecktor.config import Config, ConfigError, load_config
+from hecktor.config import Config, ConfigError, load_config, override
 from hecktor.data.layout import InputError
 
 log = logging.getLogger("hecktor")
@@ -35,14 +35,12 @@ def _common() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.data.synthetic import synthesize
 
-    updates = {k: v for k, v in (("patients", args.patients), ("seed", args.seed)) if v is not None}
-    synth = cfg.synth.model_copy(update=updates)
-    type(synth).model_validate(synth.model_dump())
+    synth = override(cfg.synth, patients=args.patients, seed=args.seed, workers=args.workers)
     out = Path(args.out or cfg.paths.synthetic)
     oracle = args.oracle or (None if args.out else cfg.paths.oracle)
     if args.out and not args.oracle:
         oracle = out.parent / f"{out.name}_oracle.csv"
-    truth = synthesize(synth, out, oracle, workers=args.workers)
+    truth = synthesize(synth, out, oracle)
     log.info("%d patients, %d centres; oracle: %s", len(truth), truth["CenterID"].nunique(), oracle)
 
 
@@ -68,11 +66,7 @@ def _validate(args: argparse.Namespace, cfg: Config) -> None:
 def _prepare(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.data.preprocess import prepare_release
 
-    prep = (
-        cfg.prepare
-        if args.workers is None
-        else cfg.prepare.model_copy(update={"workers": args.workers})
-    )
+    prep = override(cfg.prepare, workers=args.workers)
     index = prepare_release(args.release or cfg.paths.release, args.out or cfg.paths.prepared, prep)
     log.info("prepared %d patients (%d labelled)", len(index), int(index["has_label"].sum()))
 
@@ -131,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle", help="oracle CSV (default: paths.oracle, or <out>_oracle.csv with --out)"
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: synth.workers)")
     p.set_defaults(func=_synth)
 
     p = verbs.add_parser("validate", parents=[common], help="check a release without writing anything",

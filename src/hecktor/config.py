@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,7 @@ class SynthConfig(_Section):
     task2_fraction: float = Field(0.8, gt=0, le=1)
     task3_fraction: float = Field(0.8, gt=0, le=1)
     rotated_fraction: float = Field(0.15, ge=0, le=1)
+    workers: int = Field(1, ge=1)
 
 
 class PrepareConfig(_Section):
@@ -94,6 +95,15 @@ class Config(_Section):
         """Short stable hash of the resolved config, logged beside each run."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+S = TypeVar("S", bound=_Section)
+
+
+def override(section: S, **values: Any) -> S:
+    """A copy of ``section`` with the given non-None values, validated like the params file."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return type(section).model_validate({**section.model_dump(), **given})
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

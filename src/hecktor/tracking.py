@@ -33,13 +33,17 @@ def experiment(name: str, mlruns: Path | str) -> str:
     """Point MLflow at the store and return the id of experiment ``name``, created if needed."""
     import mlflow
 
-    Path(mlruns).mkdir(parents=True, exist_ok=True)
+    # Decide before set_tracking_uri: MLflow exports the URI it is given to the environment.
+    local = not os.environ.get(ENV) or os.environ[ENV] == tracking_uri(mlruns)
+    if local:
+        Path(mlruns).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri(mlruns))
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if os.environ.get(ENV) else artifact_location(mlruns)
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(
+        name, artifact_location=artifact_location(mlruns) if local else None
+    )
 
 
 def git_commit(root: Path | str = ".") -> str:

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from tests.conftest import make_image
 
 from hecktor.data import layout
 from hecktor.data.layout import InputError
 from hecktor.data.preprocess import prepare_release
+from tests.conftest import make_image
 
 
 def _first(release, task=1):
@@ -60,9 +60,8 @@ def _assert_rejected(release, out, patient, filename, message):
 
 
 def _cfg():
-    from tests.conftest import ROOT
-
     from hecktor.config import load_config
+    from tests.conftest import ROOT
 
     return load_config(ROOT / "params.yaml", "tiny").prepare.model_copy(update={"workers": 1})
 

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tests.conftest import make_image
 
 from hecktor.data import layout
 from hecktor.data.preprocess import (
@@ -15,6 +14,7 @@ from hecktor.data.preprocess import (
     preprocess,
     to_original_grid,
 )
+from tests.conftest import make_image
 
 
 def test_prepared_cases_share_the_configured_shape(prepared_dir, prepare_cfg):
@@ -47,9 +47,8 @@ def test_brain_centre_found_from_pet(release_dir, prepare_cfg):
     case = layout.scan_release(release_dir).cases[1][0]
     images = layout.load_case(case)
     index = int(case.patient.split("-")[1]) - 1
-    from tests.conftest import ROOT
-
     from hecktor.config import load_config
+    from tests.conftest import ROOT
 
     truth = synthetic.draw_patient(index, load_config(ROOT / "params.yaml", "tiny").synth).brain
     found = brain_centre(images.ct, images.pet, prepare_cfg)

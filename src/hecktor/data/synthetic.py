@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,20 +447,30 @@ def clinical_rows(patients: list[Patient], seed: int) -> pd.DataFrame:
 
 
 def _write_patient(args: tuple[Patient, SynthConfig, Path, tuple[int, ...]]) -> str:
+    """Render one patient and write it into each task folder it belongs to.
+
+    The first task folder gets the files; the others get hard links to them (same bytes, as in the
+    real release, without the disk cost), or copies where links are not possible.
+    """
     p, cfg, root, tasks = args
     ct, pet, label = render_patient(p, cfg)
-    for task in tasks:
+    first = case_paths(root, tasks[0], p.pid)
+    io.write_image(first.ct, ct)
+    io.write_image(first.pet, pet)
+    if first.label is not None:
+        io.write_image(first.label, label)
+    for task in tasks[1:]:
         case = case_paths(root, task, p.pid)
-        io.write_image(case.ct, ct)
-        io.write_image(case.pet, pet)
-        if case.label is not None:
-            io.write_image(case.label, label)
+        case.ct.parent.mkdir(parents=True, exist_ok=True)
+        for src, dst in ((first.ct, case.ct), (first.pet, case.pet)):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
     return p.pid
 
 
-def synthesize(
-    cfg: SynthConfig, out: Path | str, oracle: Path | str | None = None, workers: int = 1
-) -> pd.DataFrame:
+def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = None) -> pd.DataFrame:
     """Write a synthetic release to ``out`` (atomically) and the oracle CSV; return the oracle."""
     unknown = [c for c in cfg.centres if c not in CENTRES]
     if unknown:
@@ -476,8 +488,8 @@ def synthesize(
             for p in patients
         ]
         bar = tqdm(total=len(jobs), desc="synth", unit="patient")
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+        if cfg.workers > 1:
+            with ProcessPoolExecutor(cfg.workers) as pool:
                 for _ in pool.map(_write_patient, jobs):
                     bar.update()
         else:

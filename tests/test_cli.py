@@ -1,0 +1,77 @@
+import argparse
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from hecktor.cli import build_parser, main
+from tests.conftest import ROOT
+
+
+def _verbs(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _verbs(sub, (*prefix, name))
+
+
+VERBS = list(_verbs(build_parser()))
+
+
+def test_the_pipeline_verbs_exist():
+    assert {
+        ("synth",),
+        ("validate",),
+        ("prepare",),
+        ("split",),
+        ("evaluate", "seg"),
+        ("ui",),
+    } <= set(VERBS)
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*verb, "--help"])
+    assert info.value.code == 0
+    assert "usage: hecktor" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [sys.executable, "-m", "hecktor.cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "hecktor" in result.stdout
+
+
+def test_synth_prepare_split_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    assert main(["synth", *params, "--out", "rel", "--patients", "5", "--seed", "7"]) == 0
+    assert (tmp_path / "rel_oracle.csv").is_file()
+    assert main(["validate", *params, "--release", "rel"]) == 0
+    assert main(["prepare", *params, "--release", "rel", "--out", "prep", "--workers", "2"]) == 0
+    assert main(["split", *params, "--prepared", "prep", "--out", "splits.json"]) == 0
+    assert len(pd.read_csv(tmp_path / "prep" / "cases.csv")) == 5
+
+
+def test_bad_release_exits_non_zero_with_the_patient_named(tmp_path, release_copy, caplog):
+    victim = sorted((release_copy / "Task 1").glob("*/*__PT.nii.gz"))[0]
+    victim.write_bytes(b"garbage")
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    assert main(["validate", *params, "--release", str(release_copy)]) == 2
+    assert victim.name in caplog.text and victim.parent.name in caplog.text
+    caplog.clear()
+    out = tmp_path / "prepared"
+    assert main(["prepare", *params, "--release", str(release_copy), "--out", str(out)]) == 2
+    assert victim.name in caplog.text
+    assert not out.exists()
+
+
+def test_bad_params_exit_non_zero_with_the_key_named(tmp_path, caplog):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("split:\n  folds: 1\n")
+    assert main(["split", "--params", str(bad)]) == 2
+    assert "split.folds" in caplog.text

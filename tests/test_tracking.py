@@ -1,0 +1,60 @@
+"""A real MLflow store (SQLite in a temporary folder) and the run tags."""
+
+import os
+
+import mlflow
+import pytest
+
+from hecktor import tracking
+from hecktor.config import Config
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    yield tmp_path / "mlruns"
+    mlflow.set_tracking_uri(None)
+    os.environ.pop(tracking.ENV, None)  # MLflow exports the URI it was given
+
+
+def test_sqlite_store_under_mlruns_with_absolute_paths(store, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.tracking_uri("mlruns")
+    assert uri == f"sqlite:///{store.resolve()}/mlflow.db"
+    exp = tracking.experiment("hecktor-test", "mlruns")
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_metric("dsc", 0.5)
+        mlflow.log_text("hello", "note.txt")
+    assert (store / "mlflow.db").is_file()
+    got = mlflow.get_run(run.info.run_id)
+    assert got.data.metrics["dsc"] == 0.5
+    assert got.info.artifact_uri.startswith((store / "artifacts").resolve().as_uri())
+    assert tracking.experiment("hecktor-test", "mlruns") == exp  # found, not duplicated
+
+
+def test_environment_overrides_the_store(store, monkeypatch):
+    monkeypatch.setenv(tracking.ENV, "http://127.0.0.1:5001")
+    assert tracking.tracking_uri(store) == "http://127.0.0.1:5001"
+
+
+def test_ui_binds_to_loopback_by_default(store):
+    command = tracking.ui_command(store)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert tracking.tracking_uri(store) in command
+
+
+def test_data_version_from_dvc_lock(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: hecktor prepare\n    outs:\n"
+        "    - path: data/prepared\n      md5: abc123.dir\n"
+    )
+    assert tracking.data_version("data/prepared", lock) == "abc123.dir"
+    assert tracking.data_version("data/other", lock) == "unknown"
+    assert tracking.data_version("data/prepared", tmp_path / "none.lock") == "unknown"
+
+
+def test_run_tags():
+    tags = tracking.run_tags(Config(), split="kfold")
+    assert set(tags) == {"git_commit", "data_version", "profile", "config_hash", "split"}
+    assert tags["profile"] == "demo" and len(tags["config_hash"]) == 12
