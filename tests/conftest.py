@@ -71,3 +71,25 @@ def make_image(
     if direction is not None:
         image.SetDirection(tuple(float(d) for d in np.asarray(direction).ravel()))
     return image
+
+
+@pytest.fixture
+def project_cfg(tmp_path, tiny_config, release_dir, prepared_dir, split_cfg):
+    """A tiny-profile config whose outputs go to a temporary folder (inputs shared, read-only)."""
+    from hecktor.config import override
+    from hecktor.data.splits import write_splits
+
+    paths = override(
+        tiny_config.paths,
+        release=release_dir,
+        prepared=prepared_dir,
+        splits=tmp_path / "splits.json",
+        models=tmp_path / "models",
+        predictions=tmp_path / "predictions",
+        metrics=tmp_path / "metrics",
+        plots=tmp_path / "plots",
+        reports=tmp_path / "reports",
+        mlruns=tmp_path / "mlruns",
+    )
+    write_splits(prepared_dir, paths.splits, split_cfg)
+    return override(tiny_config, paths=paths)

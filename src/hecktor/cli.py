@@ -99,6 +99,25 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> None:
     log.info("%s: %s -> %s", args.task, {k: round(v, 4) for k, v in headline.items()}, args.out)
 
 
+def _train(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.training.workflow import train
+
+    summary = train(cfg, args.task, track=not args.no_track)
+    for variant, values in summary["mean"].items():
+        log.info(
+            "%s %s (mean over folds): %s",
+            args.task,
+            variant,
+            {k: round(v, 4) for k, v in values.items()},
+        )
+
+
+def _crossval(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.crossval import crossval_seg
+
+    {"seg": crossval_seg}[args.task](cfg, track=not args.no_track)
+
+
 def _ui(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.tracking import ui_command
 
@@ -168,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--truth", required=True, help=truth_help)
         t.add_argument("--out", required=True, help="metrics JSON to write")
         t.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("train", parents=[common], help="train a task's models on its split (then SWA)",
+                         description="Train on every fold of the task's split, refine by SWA, track in MLflow. "
+                         "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP.")  # fmt: skip
+    p.add_argument("task", choices=["seg"], help="seg: Task 1")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("crossval", parents=[common], help="score trained models on held-out patients",
+                         description="Predict every fold's validation patients onto their CT grids, score them "
+                         "with the challenge metrics and compare with the baseline.")  # fmt: skip
+    p.add_argument("task", choices=["seg"], help="seg: Task 1")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_crossval)
 
     p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
                          description="Serve the MLflow UI for the project's store (loopback unless told otherwise).")  # fmt: skip

@@ -35,6 +35,11 @@ class Paths(_Section):
     release: Path = Path("data/synthetic")
     prepared: Path = Path("data/prepared")
     splits: Path = Path("data/splits.json")
+    models: Path = Path("models")
+    predictions: Path = Path("data/predictions")
+    metrics: Path = Path("metrics")
+    plots: Path = Path("plots")
+    reports: Path = Path("reports")
     mlruns: Path = Path("mlruns")
 
 
@@ -82,6 +87,51 @@ class SplitConfig(_Section):
     holdout_fraction: float = Field(0.053, gt=0, lt=1)
 
 
+class TrainConfig(_Section):
+    """The training engine's settings; every task has its own block of them."""
+
+    epochs: int = Field(500, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    val_every: int = Field(1, ge=1)
+    swa_epochs: int = Field(0, ge=0)
+    swa_lr: float = Field(5e-5, gt=0)
+    grad_clip: float = Field(12.0, gt=0)
+    seed: int = 2025
+    num_workers: int = Field(0, ge=0)
+    device: str = "auto"
+
+
+class AugmentConfig(_Section):
+    """TrivialAugment: exactly one of these per sample, drawn uniformly, random magnitude."""
+
+    rotate_deg: float = Field(15.0, ge=0)
+    scale: tuple[float, float] = (0.9, 1.2)
+    gamma: tuple[float, float] = (0.7, 1.5)
+    noise_std: float = Field(0.1, ge=0)
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+
+
+class SegConfig(_Section):
+    """Task 1: DynUNet on CT+PET, DiceCE, TrivialAugment, SWA, small-lesion removal."""
+
+    split: Literal["holdout", "kfold", "loco"] = "holdout"
+    folds: tuple[int, ...] | None = None  # which folds of the split to train (None = all)
+    patch_size: tuple[int, int, int] = (192, 192, 192)  # voxels (z, y, x)
+    base_filters: int = Field(32, ge=4)
+    max_filters: int = Field(320, ge=4)
+    foreground_prob: float = Field(0.9, ge=0, le=1)
+    augment: AugmentConfig = AugmentConfig()
+    min_lesion_mm3: float = Field(100.0, ge=0)
+    sw_overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    baseline_suv: float = Field(2.5, gt=0)
+    figure_cases: int = Field(4, ge=0)
+    train: TrainConfig = TrainConfig(epochs=500, batch_size=2, lr=1e-4, swa_epochs=50)
+
+
 class Config(_Section):
     """The resolved configuration of one pipeline run."""
 
@@ -90,6 +140,7 @@ class Config(_Section):
     synth: SynthConfig = SynthConfig()
     prepare: PrepareConfig = PrepareConfig()
     split: SplitConfig = SplitConfig()
+    seg: SegConfig = SegConfig()
 
     def digest(self) -> str:
         """Short stable hash of the resolved config, logged beside each run."""

@@ -7,8 +7,10 @@ absolute paths, so ``dvc exp run --temp`` (which runs in a copy of the repo) log
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -91,3 +93,115 @@ def ui_command(mlruns: Path | str, host: str = "127.0.0.1", port: int = 5000) ->
         "--default-artifact-root", artifact_location(mlruns),
         "--host", host, "--port", str(port),
     ]  # fmt: skip
+
+
+class Tracker:
+    """Logs to one MLflow run by id; a tracker without a run does nothing (ranks > 0, tests)."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        self._client = None
+        if run_id is not None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient()
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._client is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and v == v
+        ]
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, object]) -> None:
+        if self._client is None:
+            return
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            self._client.log_batch(self.run_id, params=batch[i : i + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._client is None:
+            return
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if self._client is not None:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        if self._client is not None:
+            self._client.log_dict(self.run_id, data, name)
+
+    def log_figure(self, figure, name: str) -> None:
+        if self._client is not None:
+            self._client.log_figure(self.run_id, figure, name)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config dict -> dotted keys, for MLflow params."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def run(
+    experiment_id: str,
+    name: str,
+    tags: dict[str, str] | None = None,
+    parent: Tracker | None = None,
+    run_id: str | None = None,
+    enabled: bool = True,
+) -> Iterator[Tracker]:
+    """Start (or resume, with ``run_id``) a run, nested under ``parent``; always closed on exit.
+
+    The status ends FINISHED, FAILED on an exception, or KILLED on an interrupt.
+    """
+    if not enabled:
+        yield Tracker(None)
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent is not None and parent.run_id:
+        all_tags["mlflow.parentRunId"] = parent.run_id
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
+    tracker = Tracker(run_id)
+    if run_id is not None:
+        tracker.set_tags(all_tags)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status=status)

@@ -1,0 +1,134 @@
+"""``train(config, task)``: the plain function the CLI, the DVC stages and the tuner all call.
+
+It trains the task on every fold of the configured split (then refines each by SWA), tracks a parent
+MLflow run with one child run per fold, and writes ``models/<task>/<fold>/{best,swa,last}.pt`` plus
+``models/<task>/summary.json`` and the training curves in ``plots/<task>/history.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from hecktor import io, tracking
+from hecktor.config import Config
+from hecktor.data.splits import load_splits
+from hecktor.training.engine import distributed, fit, swa
+from hecktor.training.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+TASK_SPLIT_KEY = {"seg": "task1", "hpv": "task3", "rfs": "task2"}
+
+
+def folds_of(
+    splits: dict, task: str, split: str, only: tuple[int, ...] | None = None
+) -> list[tuple[str, list[str], list[str]]]:
+    """(name, train patients, validation patients) of each fold of ``split`` for ``task``."""
+    entry = splits[TASK_SPLIT_KEY[task]]
+    if split == "holdout":
+        if "holdout" not in entry:
+            raise ValueError(f"{task}: the splits file has no hold-out for {TASK_SPLIT_KEY[task]}")
+        folds = [("holdout", entry["holdout"]["train"], entry["holdout"]["val"])]
+    elif split == "kfold":
+        folds = [(f"fold-{i}", f["train"], f["val"]) for i, f in enumerate(entry.get("kfold", []))]
+    else:
+        folds = [(f"loco-{f['centre'][0]}", f["train"], f["val"]) for f in entry.get("loco", [])]
+    if only is not None:
+        folds = [f for i, f in enumerate(folds) if i in only]
+    if not folds:
+        raise ValueError(f"{task}: split {split!r} has no folds")
+    return folds
+
+
+def data_fingerprint(prepared: Path | str) -> str:
+    """A hash of every prepared case's metadata: changes whenever the prepared data do."""
+    digest = hashlib.sha256()
+    for meta in sorted(Path(prepared).glob("*/meta.json")):
+        digest.update(meta.parent.name.encode())
+        digest.update(meta.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], data: str) -> str:
+    """What a checkpoint must match to be resumed: task config, data and the fold's patients."""
+    blob = json.dumps(
+        {"task": getattr(cfg, task).model_dump(mode="json"), "data": data, "fold": fold},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
+    """Train ``task`` on its configured split; returns the summary written to ``summary.json``."""
+    task_cfg = getattr(cfg, task)
+    runner = TASKS[task](task_cfg, cfg.paths.prepared)
+    folds = folds_of(load_splits(cfg.paths.splits), task, task_cfg.split, task_cfg.folds)
+    out_root = Path(cfg.paths.models) / task
+    rank, _ = distributed()
+    if rank == 0:
+        out_root.mkdir(parents=True, exist_ok=True)
+        for stale in out_root.iterdir():  # folds of an earlier split
+            if stale.is_dir() and stale.name not in {f[0] for f in folds}:
+                shutil.rmtree(stale)
+    data = data_fingerprint(cfg.paths.prepared)
+    enabled = track and rank == 0
+    experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns) if enabled else ""
+    tags = tracking.run_tags(cfg, task_cfg.split) if enabled else {}
+    summary: dict = {
+        "task": task,
+        "split": task_cfg.split,
+        "config_hash": cfg.digest(),
+        "data": data,
+        "folds": {},
+    }
+    history = []
+    with tracking.run(experiment, f"train_{task}", tags, enabled=enabled) as parent:
+        parent.log_params(tracking.flatten({task: task_cfg.model_dump(mode="json")}))
+        parent.log_dict(cfg.model_dump(mode="json"), "config.json")
+        for fold in folds:
+            name, train_ids, val_ids = fold
+            fold_dir = out_root / name
+            key = fold_hash(cfg, task, fold, data)
+            run_file = fold_dir / "mlflow_run.json"
+            previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+            resume_id = previous.get("run_id") if previous.get("key") == key else None
+            with tracking.run(
+                experiment, name, tags, parent=parent, run_id=resume_id, enabled=enabled
+            ) as child:
+                if rank == 0:
+                    fold_dir.mkdir(parents=True, exist_ok=True)
+                    io.write_json(run_file, {"run_id": child.run_id, "key": key})
+                child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
+                result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+                swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+                child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
+                child.log_metrics({"best_epoch": result.best_epoch})
+                if swa_metrics:
+                    child.log_metrics({f"swa_{k}": v for k, v in swa_metrics.items()})
+                for checkpoint in ("best.pt", "swa.pt"):
+                    if (fold_dir / checkpoint).is_file():
+                        child.log_artifact(fold_dir / checkpoint, "checkpoints")
+            summary["folds"][name] = {
+                "train": len(train_ids), "val": len(val_ids), "best_epoch": result.best_epoch,
+                "best": result.best_metrics, "swa": swa_metrics,
+            }  # fmt: skip
+            history += [{"fold": name, **row} for row in result.history]
+        means = {}
+        for variant in ("best", "swa"):
+            values = [f[variant] for f in summary["folds"].values() if f[variant]]
+            if values:
+                means[variant] = {k: sum(v[k] for v in values) / len(values) for k in values[0]}
+                parent.log_metrics({f"mean_{variant}_{k}": v for k, v in means[variant].items()})
+        summary["mean"] = means
+    if rank == 0:
+        io.write_json(out_root / "summary.json", summary)
+        plots = Path(cfg.paths.plots) / task
+        plots.mkdir(parents=True, exist_ok=True)
+        io.write_text(plots / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    return summary

@@ -1,0 +1,89 @@
+"""train() and crossval on the tiny profile, tracked in a real MLflow store."""
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from mlflow.tracking import MlflowClient
+
+from hecktor import tracking
+from hecktor.crossval import crossval_seg
+from hecktor.data import layout
+from hecktor.training.workflow import folds_of, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def trained(project_cfg, monkeypatch):
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    summary = train(project_cfg, "seg")
+    yield project_cfg, summary
+    mlflow.set_tracking_uri(None)
+    os.environ.pop(tracking.ENV, None)
+
+
+def test_train_writes_models_summary_curves_and_runs(trained):
+    cfg, summary = trained
+    fold = cfg.paths.models / "seg" / "holdout"
+    assert {"best.pt", "swa.pt", "last.pt"} <= {p.name for p in fold.iterdir()}
+    assert json.loads((cfg.paths.models / "seg" / "summary.json").read_text()) == summary
+    assert set(summary["folds"]["holdout"]["swa"]) == {
+        "GTVp_DSC",
+        "GTVn_DSCagg",
+        "GTVn_F1agg",
+        "score",
+    }
+    history = (cfg.paths.plots / "seg" / "history.csv").read_text().splitlines()
+    assert (
+        history[0].startswith("fold,epoch,train_loss") and len(history) == 1 + cfg.seg.train.epochs
+    )
+
+    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    experiment = client.get_experiment_by_name("hecktor-seg")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and [c.info.run_name for c in children] == ["holdout"]
+    for run in (parents[0], children[0]):
+        assert {"git_commit", "data_version", "profile", "config_hash", "split"} <= set(
+            run.data.tags
+        )
+        assert run.info.status == "FINISHED"
+    child = children[0]
+    assert len(client.get_metric_history(child.info.run_id, "train_loss")) == cfg.seg.train.epochs
+    assert "swa_score" in child.data.metrics and "best_score" in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/best.pt", "checkpoints/swa.pt"}
+    assert parents[0].data.params["seg.train.lr"] == str(cfg.seg.train.lr)
+
+
+def test_rerun_resumes_finished_folds_without_training(trained):
+    cfg, first = trained
+    again = train(cfg, "seg")
+    assert again["folds"] == first["folds"]
+
+
+def test_crossval_scores_every_variant_on_the_ct_grid(trained):
+    cfg, _ = trained
+    result = crossval_seg(cfg)
+    assert set(result["variants"]) == {"best", "best_pp", "swa", "swa_pp", "baseline"}
+    assert result["network"] == "swa_pp"
+    assert set(result["winner"].values()) <= {"network", "baseline"}
+    saved = json.loads((cfg.paths.metrics / "seg.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert (cfg.paths.plots / "seg" / "mip.png").stat().st_size > 1000
+    assert "| metric | network | baseline | winner |" in (cfg.paths.reports / "seg.md").read_text()
+
+    from hecktor.data.splits import load_splits
+
+    _, _, val_ids = folds_of(load_splits(cfg.paths.splits), "seg", "holdout")[0]
+    release = layout.scan_release(cfg.paths.release)
+    for patient in val_ids:
+        ct = layout.read_nifti(release.image_case(patient).ct)
+        mask = sitk.ReadImage(str(cfg.paths.predictions / "seg" / "swa_pp" / f"{patient}.nii.gz"))
+        assert layout.same_grid(mask, ct)
+        assert set(np.unique(sitk.GetArrayFromImage(mask)).tolist()) <= {0, 1, 2}
