@@ -16,8 +16,10 @@ def test_every_profile_resolves(profile):
 
 
 def test_default_profile_is_demo():
-    cfg = load_config(ROOT / "params.yaml")
-    assert cfg.profile == "demo"
+    assert Config().profile == "demo"
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw.pop("profile", None)
+    assert resolve(raw).profile == "demo"
 
 
 def test_profile_overrides_defaults_deeply():

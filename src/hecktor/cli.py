@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,7 +123,7 @@ def _ui(args: argparse.Namespace, cfg: Config) -> None:
 
     command = ui_command(cfg.paths.mlruns, args.host, args.port)
     log.info("MLflow UI on http://%s:%d (Ctrl-C to stop)", args.host, args.port)
-    raise SystemExit(subprocess.call(command))
+    os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
 
 
 def build_parser() -> argparse.ArgumentParser:
