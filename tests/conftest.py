@@ -82,6 +82,7 @@ def project_cfg(tmp_path, tiny_config, release_dir, prepared_dir, split_cfg):
     paths = override(
         tiny_config.paths,
         release=release_dir,
+        oracle=release_dir.parent / "oracle.csv",
         prepared=prepared_dir,
         splits=tmp_path / "splits.json",
         models=tmp_path / "models",

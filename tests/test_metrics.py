@@ -151,3 +151,13 @@ def test_balanced_accuracy():
     rng = np.random.default_rng(1)
     y, p = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
     assert metrics.balanced_accuracy(y, p) == pytest.approx(balanced_accuracy_score(y, p))
+
+
+def test_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 80)
+    s = rng.integers(0, 5, 80).astype(float)
+    assert metrics.auc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(metrics.auc(np.ones(3), np.arange(3.0)))

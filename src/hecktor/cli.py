@@ -113,9 +113,17 @@ def _train(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _crossval(args: argparse.Namespace, cfg: Config) -> None:
-    from hecktor.crossval import crossval_seg
+    if args.task == "seg":
+        from hecktor.crossval.seg import crossval_seg as run
+    else:
+        from hecktor.crossval.hpv import crossval_hpv as run
+    run(cfg, track=not args.no_track)
 
-    {"seg": crossval_seg}[args.task](cfg, track=not args.no_track)
+
+def _ablate(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.crossval.hpv import ablate_hpv
+
+    ablate_hpv(cfg, track=not args.no_track)
 
 
 def _ui(args: argparse.Namespace, cfg: Config) -> None:
@@ -191,16 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", parents=[common], help="train a task's models on its split (then SWA)",
                          description="Train on every fold of the task's split, refine by SWA, track in MLflow. "
                          "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP.")  # fmt: skip
-    p.add_argument("task", choices=["seg"], help="seg: Task 1")
+    p.add_argument("task", choices=["seg", "hpv"], help="seg: Task 1; hpv: Task 3")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("crossval", parents=[common], help="score trained models on held-out patients",
                          description="Predict every fold's validation patients onto their CT grids, score them "
                          "with the challenge metrics and compare with the baseline.")  # fmt: skip
-    p.add_argument("task", choices=["seg"], help="seg: Task 1")
+    p.add_argument("task", choices=["seg", "hpv"], help="seg: Task 1; hpv: Task 3")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_crossval)
+
+    p = verbs.add_parser("ablate", parents=[common], help="clinical-variable ablation (the paper's Table 3)",
+                         description="Set each clinical variable, then all, to unknown at inference and "
+                         "report balanced accuracy per configuration.")  # fmt: skip
+    p.add_argument("task", choices=["hpv"], help="hpv: Task 3")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_ablate)
 
     p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
                          description="Serve the MLflow UI for the project's store (loopback unless told otherwise).")  # fmt: skip

@@ -85,6 +85,7 @@ class SplitConfig(_Section):
     folds: int = Field(5, ge=2)
     seed: int = 2025
     holdout_fraction: float = Field(0.053, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
 
 
 class TrainConfig(_Section):
@@ -132,6 +133,24 @@ class SegConfig(_Section):
     train: TrainConfig = TrainConfig(epochs=500, batch_size=2, lr=1e-4, swa_epochs=50)
 
 
+class HpvConfig(_Section):
+    """Task 3: the Task 1 network with a classification head and clinical data."""
+
+    split: Literal["kfold", "loco"] = "kfold"
+    folds: tuple[int, ...] | None = None
+    loco: bool = False  # also train leave-one-centre-out folds, for the centre-shift report
+    patch_size: tuple[int, int, int] = (192, 192, 192)
+    init_from_seg: bool = True
+    mlp_width: int = Field(32, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    seg_weight: float = Field(1.0, ge=0)
+    cls_weight: float = Field(1.0, gt=0)
+    positives_per_batch: int = Field(2, ge=1)
+    foreground_prob: float = Field(0.9, ge=0, le=1)
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig(epochs=500, batch_size=4, lr=1e-4, swa_epochs=0)
+
+
 class Config(_Section):
     """The resolved configuration of one pipeline run."""
 
@@ -141,6 +160,7 @@ class Config(_Section):
     prepare: PrepareConfig = PrepareConfig()
     split: SplitConfig = SplitConfig()
     seg: SegConfig = SegConfig()
+    hpv: HpvConfig = HpvConfig()
 
     def digest(self) -> str:
         """Short stable hash of the resolved config, logged beside each run."""

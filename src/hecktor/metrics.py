@@ -168,3 +168,13 @@ def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     if classes.size == 0:
         return float("nan")
     return float(np.mean([np.mean(pred[truth == c] == c) for c in classes]))
+
+
+def auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN when one class is absent."""
+    truth, score = np.asarray(truth).astype(bool), np.asarray(score, dtype=float)
+    pos, neg = score[truth], score[~truth]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))

@@ -66,3 +66,30 @@ def test_dataset_reads_prepared_cases(prepared_dir):
     assert item["patient"] == patients[0]
     assert item["image"].dtype == torch.float32 and item["image"].shape[0] == 2
     assert item["label"].dtype == torch.int64 and item["label"].shape[0] == 1
+
+
+def test_balanced_sampler_every_batch_has_the_stated_mix():
+    from hecktor.data.loading import BalancedBatchSampler
+
+    labels = [1] * 27 + [0] * 3  # 90 % positive, as HECKTOR's HPV
+    sampler = BalancedBatchSampler(labels, batch_size=4, positives=2, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 14  # every positive once: ceil(27 / 2)
+    for batch in batches:
+        assert len(batch) == 4
+        assert sum(labels[i] for i in batch) == 2
+    seen = [i for b in batches for i in b]
+    assert set(i for i in seen if labels[i] == 1) == set(range(27))
+    assert (
+        sum(labels[i] == 0 for i in seen) == 28
+    )  # the 3 negatives oversampled to fill the batches
+    assert list(BalancedBatchSampler(labels, 4, 2, seed=0)) == batches  # seeded
+    assert list(BalancedBatchSampler(labels, 4, 2, seed=1)) != batches
+
+
+@pytest.mark.parametrize(("labels", "positives"), [([1, 1, 1], 2), ([1, 0, 1], 4), ([1, 0], 0)])
+def test_balanced_sampler_rejects_impossible_settings(labels, positives):
+    from hecktor.data.loading import BalancedBatchSampler
+
+    with pytest.raises(ValueError):
+        BalancedBatchSampler(labels, batch_size=4, positives=positives, seed=0)

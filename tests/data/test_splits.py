@@ -57,7 +57,13 @@ def test_split_file_from_prepared_data(tmp_path, prepared_dir, split_cfg):
     assert splits.load_splits(out) == result
     for task in ("task1", "task2", "task3"):
         entry = result[task]
+        test = set(entry.get("test", []))
         assert len(entry["kfold"]) == split_cfg.folds
-        assert sum(len(f["val"]) for f in entry["kfold"]) == entry["patients"]
-        assert len(entry["loco"]) == 3
+        assert sum(len(f["val"]) for f in entry["kfold"]) == entry["patients"] - len(test)
+        for fold in entry["kfold"] + entry["loco"]:
+            assert not test & (set(fold["train"]) | set(fold["val"]))  # no fold sees the test set
     assert "holdout" in result["task1"] and "holdout" not in result["task2"]
+    assert "test" not in result["task1"]
+    assert len(result["task3"]["test"]) == max(
+        1, round(split_cfg.test_fraction * result["task3"]["patients"])
+    )

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from mlflow.tracking import MlflowClient
 
 from hecktor import tracking
-from hecktor.crossval import crossval_seg
+from hecktor.crossval.seg import crossval_seg
 from hecktor.data import layout
 from hecktor.training.workflow import folds_of, train
 
@@ -87,3 +87,35 @@ def test_crossval_scores_every_variant_on_the_ct_grid(trained):
         mask = sitk.ReadImage(str(cfg.paths.predictions / "seg" / "swa_pp" / f"{patient}.nii.gz"))
         assert layout.same_grid(mask, ct)
         assert set(np.unique(sitk.GetArrayFromImage(mask)).tolist()) <= {0, 1, 2}
+
+
+def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
+    from hecktor.crossval.hpv import ABLATIONS, ablate_hpv, crossval_hpv
+    from hecktor.training.engine import load_checkpoint
+
+    cfg, _ = trained
+    summary = train(cfg, "hpv")
+    assert set(summary["folds"]) == {f"fold-{i}" for i in range(cfg.split.folds)}
+    state = load_checkpoint(cfg.paths.models / "hpv" / "fold-0" / "best.pt")
+    assert state["task"]["encoder"]["variables"] == [
+        "Age",
+        "Gender",
+        "Tobacco Consumption",
+        "Alcohol Consumption",
+    ]
+
+    result = crossval_hpv(cfg)
+    for family in ("network", "baseline"):
+        assert set(result[family]["folds"]) == set(summary["folds"])
+        assert 0.0 <= result[family]["cv"]["balanced_accuracy"] <= 1.0
+        assert {"test_best_fold", "test_ensemble"} <= set(result[family])
+    assert "loco" in result["baseline"]  # the baseline's leave-one-centre-out is always reported
+    assert result["oracle"]["cv"]["balanced_accuracy"] >= 0.0
+    assert set(result["winner"].values()) <= {"network", "baseline"}
+    assert (cfg.paths.plots / "hpv" / "roc_cv.csv").read_text().startswith("fpr,tpr")
+    assert (cfg.paths.plots / "hpv" / "confusion.csv").read_text().startswith("actual,predicted")
+    assert "| network |" in (cfg.paths.reports / "hpv.md").read_text()
+
+    ablation = ablate_hpv(cfg)
+    assert [r["unknown"] for r in ablation["rows"]] == [name for name, _ in ABLATIONS]
+    assert (cfg.paths.reports / "hpv_ablation.md").is_file()

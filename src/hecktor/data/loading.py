@@ -9,6 +9,7 @@ first (same centre rule), augmented, and centre-cropped to the patch.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from monai.transforms import (
     RandGaussianSmoothd,
     SpatialPadd,
 )
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from hecktor.config import AugmentConfig
 from hecktor.data.preprocess import load_case
@@ -44,7 +45,11 @@ def seed_everything(seed: int) -> None:
 
 
 class PreparedDataset(Dataset):
-    """Prepared cases as dicts: ``image`` (2, Z, Y, X) float32, ``label`` (1, Z, Y, X), ``patient``."""
+    """Prepared cases as dicts: ``image`` (2, Z, Y, X) float32, ``label`` (1, Z, Y, X), ``patient``.
+
+    With ``allow_unlabelled``, a case without a label (a Task 2 or 3 patient outside Task 1) gets an
+    empty one and ``has_label`` False, so a task can leave it out of its segmentation loss.
+    """
 
     def __init__(
         self,
@@ -52,11 +57,13 @@ class PreparedDataset(Dataset):
         patients: Sequence[str],
         transform: Callable[[dict], dict] | None = None,
         with_label: bool = True,
+        allow_unlabelled: bool = False,
     ) -> None:
         self.root = Path(root)
         self.patients = list(patients)
         self.transform = transform
         self.with_label = with_label
+        self.allow_unlabelled = allow_unlabelled
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -66,9 +73,13 @@ class PreparedDataset(Dataset):
         case = load_case(self.root, patient)
         item: dict = {"image": np.array(case.image, dtype=np.float32), "patient": patient}
         if self.with_label:
-            if case.label is None:
+            if case.label is None and not self.allow_unlabelled:
                 raise ValueError(f"{patient}: no label in {self.root / patient}")
-            item["label"] = np.array(case.label, dtype=np.uint8)[None]
+            label = (
+                case.label if case.label is not None else np.zeros(case.image.shape[1:], np.uint8)
+            )
+            item["label"] = np.array(label, dtype=np.uint8)[None]
+            item["has_label"] = case.label is not None
         if self.transform is not None:
             item = self.transform(item)
         item["image"] = torch.as_tensor(item["image"], dtype=torch.float32)
@@ -138,3 +149,45 @@ class Unwrap:
 
     def __call__(self, item: dict) -> dict:
         return first(self.transform(item))
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Batches with a fixed number of positives and negatives; the minority class is oversampled.
+
+    Each epoch the majority class is seen once in a random order; the minority class is drawn in
+    shuffled passes, as often as needed. With the paper's settings (batch 4, 2 positives) every batch
+    holds two HPV-positive and two HPV-negative patients.
+    """
+
+    yields_batches = True
+
+    def __init__(self, labels: Sequence[int], batch_size: int, positives: int, seed: int) -> None:
+        if not 0 < positives < batch_size:
+            raise ValueError(f"positives per batch must be in 1..{batch_size - 1}, got {positives}")
+        self.pos = [i for i, y in enumerate(labels) if int(y) == 1]
+        self.neg = [i for i, y in enumerate(labels) if int(y) == 0]
+        if not self.pos or not self.neg:
+            raise ValueError(
+                f"both classes are needed: {len(self.pos)} positive, {len(self.neg)} negative"
+            )
+        self.per_batch = {1: positives, 0: batch_size - positives}
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return max(
+            math.ceil(len(self.pos) / self.per_batch[1]),
+            math.ceil(len(self.neg) / self.per_batch[0]),
+        )
+
+    def _stream(self, items: list[int], rng: np.random.Generator):
+        while True:
+            yield from rng.permutation(items).tolist()
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        pos, neg = self._stream(self.pos, rng), self._stream(self.neg, rng)
+        for _ in range(len(self)):
+            batch = [next(pos) for _ in range(self.per_batch[1])] + [
+                next(neg) for _ in range(self.per_batch[0])
+            ]
+            yield rng.permutation(batch).tolist()

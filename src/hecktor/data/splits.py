@@ -1,5 +1,9 @@
 """Patient splits: stratified k-fold, leave-one-centre-out, and the paper's small Task 1 hold-out.
 
+Tasks 2 and 3 also set a stratified test set aside (``split.test_fraction``) before their folds are
+drawn: no fold model trains on it, so a fold ensemble and the best single fold can be compared on it,
+as the paper compared them on the challenge's validation set.
+
 Folds are stratified by centre and the task's label (Task 1: whether the patient has lymph nodes;
 Task 2: relapse; Task 3: HPV status). A centre-label stratum too small for k folds falls back to the
 label alone, so small centres still spread across folds. Leave-one-centre-out holds out each centre
@@ -107,11 +111,18 @@ def make_splits(prepared: Path | str, cfg: SplitConfig) -> dict:
         centres = frame["CenterID"].tolist()
         labels = [str(v) for v in frame["label"].tolist()]
         entry: dict = {"patients": len(patients)}
+        if task == 1 and len(patients) >= 2:
+            entry["holdout"] = holdout(patients, centres, labels, cfg.holdout_fraction, cfg.seed)
+        if task in (2, 3) and cfg.test_fraction > 0 and len(patients) >= 2:
+            # a test set no fold trains on: where fold ensembles and single folds are compared
+            entry["test"] = holdout(patients, centres, labels, cfg.test_fraction, cfg.seed)["val"]
+            keep = [i for i, p in enumerate(patients) if p not in set(entry["test"])]
+            patients = [patients[i] for i in keep]
+            centres = [centres[i] for i in keep]
+            labels = [labels[i] for i in keep]
         if len(patients) >= cfg.folds:
             entry["kfold"] = kfold(patients, centres, labels, cfg.folds, cfg.seed)
         entry["loco"] = leave_one_centre_out(patients, centres)
-        if task == 1 and len(patients) >= 2:
-            entry["holdout"] = holdout(patients, centres, labels, cfg.holdout_fraction, cfg.seed)
         result[f"task{task}"] = entry
     return result
 

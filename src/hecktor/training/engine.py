@@ -53,6 +53,14 @@ class Task(Protocol):
         """A task-specific sampler (e.g. class-balanced), or None for plain shuffling."""
         ...
 
+    def setup(self, train_patients: Sequence[str]) -> None:
+        """Fit what depends on the training fold (e.g. clinical encoding) before the model is built."""
+        ...
+
+    def state(self) -> dict:
+        """Plain values saved beside the weights (what inference needs to rebuild the inputs)."""
+        ...
+
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
 
     def validate(
@@ -163,6 +171,8 @@ class _Loop:
             sampler.set_epoch(epoch)
         elif sampler is None:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        if getattr(sampler, "yields_batches", False):  # the task composes its own batches
+            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
@@ -244,6 +254,7 @@ def fit(
     loop = _setup(task, cfg)
     tracker = tracker if loop.rank == 0 and tracker is not None else Tracker(None)
     seed_everything(cfg.seed)
+    task.setup(train_ids)
     model = task.build_model().to(loop.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best_epoch, best_score, best_metrics, history = 1, 0, -math.inf, {}, []
@@ -277,7 +288,12 @@ def fit(
                 best_epoch, best_score, best_metrics = epoch, float(metrics["score"]), dict(metrics)
                 save_checkpoint(
                     out / "best.pt",
-                    {"model": model.state_dict(), "epoch": epoch, "metrics": metrics},
+                    {
+                        "model": model.state_dict(),
+                        "epoch": epoch,
+                        "metrics": metrics,
+                        "task": task.state(),
+                    },
                 )
         history.append(record)
         if loop.rank == 0:
@@ -300,7 +316,8 @@ def fit(
         _barrier(loop.world)
     if loop.rank == 0 and not (out / "best.pt").is_file():  # no validation set: the last epoch
         save_checkpoint(
-            out / "best.pt", {"model": model.state_dict(), "epoch": cfg.epochs, "metrics": {}}
+            out / "best.pt",
+            {"model": model.state_dict(), "epoch": cfg.epochs, "metrics": {}, "task": task.state()},
         )
         best_epoch = cfg.epochs
     _barrier(loop.world)
@@ -327,6 +344,7 @@ def swa(
     loop = _setup(task, cfg)
     tracker = tracker if loop.rank == 0 and tracker is not None else Tracker(None)
     best = load_checkpoint(out / "best.pt", loop.device)
+    task.setup(train_ids)
     model = task.build_model().to(loop.device)
     model.load_state_dict(best["model"])
     averaged = AveragedModel(model)
@@ -370,7 +388,12 @@ def swa(
             )
         save_checkpoint(
             out / "swa.pt",
-            {"model": swa_model.state_dict(), "epoch": best["epoch"], "metrics": metrics},
+            {
+                "model": swa_model.state_dict(),
+                "epoch": best["epoch"],
+                "metrics": metrics,
+                "task": task.state(),
+            },
         )
     _barrier(loop.world)
     return metrics

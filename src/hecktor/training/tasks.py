@@ -1,11 +1,14 @@
 """What differs per task: model, loss, data and validation. The engine does the rest.
 
-``TASKS`` maps task names to their builders (an explicit registry, no discovery by name).
+``TASKS`` maps task names to their builders (an explicit registry, no discovery by name);
+:func:`build_task` makes one from the resolved config.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,11 +19,21 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
-from hecktor.config import SegConfig
-from hecktor.data.loading import PreparedDataset, Unwrap, segmentation_transform
+from hecktor.config import Config, HpvConfig, SegConfig
+from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
+from hecktor.data.loading import (
+    BalancedBatchSampler,
+    PreparedDataset,
+    Unwrap,
+    segmentation_transform,
+)
 from hecktor.data.preprocess import load_case
 from hecktor.inference.predictor import segment
-from hecktor.models.segmentation import build_dynunet
+from hecktor.models.hpv import HPVNet
+from hecktor.models.segmentation import build_dynunet, divisor, plan
+from hecktor.training.engine import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def prepared_grid(prepared: Path | str) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
@@ -55,6 +68,12 @@ class SegmentationTask:
     def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
         return None
 
+    def setup(self, train_patients: Sequence[str]) -> None:
+        return None
+
+    def state(self) -> dict:
+        return {}
+
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         logits = model(batch["image"].to(device))
         return self.criterion(logits.float(), batch["label"].to(device))
@@ -77,4 +96,160 @@ class SegmentationTask:
         return {k: float(scores[k]) for k in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score")}
 
 
-TASKS = {"seg": SegmentationTask}
+def seg_checkpoint(models: Path | str) -> Path | None:
+    """The Task 1 weights to start Task 3 from: SWA (else best) of the best-scoring fold."""
+    summary_path = Path(models) / "seg" / "summary.json"
+    if not summary_path.is_file():
+        return None
+    folds = json.loads(summary_path.read_text())["folds"]
+    name = max(folds, key=lambda f: (folds[f]["swa"] or folds[f]["best"] or {}).get("score", -1.0))
+    for variant in ("swa.pt", "best.pt"):
+        if (Path(models) / "seg" / name / variant).is_file():
+            return Path(models) / "seg" / name / variant
+    return None
+
+
+class ClinicalDataset(Dataset):
+    """A prepared-case dataset plus each patient's encoded clinical vector and target."""
+
+    def __init__(
+        self, images: PreparedDataset, clinical: np.ndarray, targets: dict[str, np.ndarray]
+    ) -> None:
+        self.images = images
+        self.clinical = clinical
+        self.targets = targets
+        self.transform = images.transform  # reseeded by the engine every epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.images[index]
+        item["clinical"] = torch.as_tensor(self.clinical[index])
+        for name, values in self.targets.items():
+            item[name] = torch.as_tensor(values[index], dtype=torch.float32)
+        return item
+
+
+class HPVTask:
+    """Task 3: HPV status from the segmentation network, its bottleneck and clinical data.
+
+    Decision threshold: the balanced sampler trains on as many positives as negatives, so the
+    logit's natural cut at 0 (probability 0.5) is the one that balanced accuracy asks for; it is
+    used everywhere, never tuned on validation patients. The best epoch has the highest balanced
+    accuracy, ties broken by AUC.
+    """
+
+    name = "hpv"
+
+    def __init__(
+        self, cfg: HpvConfig, seg: SegConfig, prepared: Path | str, init: Path | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.seg = seg
+        self.prepared = Path(prepared)
+        self.spacing, self.shape = prepared_grid(prepared)
+        self.patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, self.shape, strict=True))
+        self.table = read_clinical(prepared)
+        self.encoder = ClinicalEncoder(HPV_VARIABLES)
+        self.init = init if cfg.init_from_seg else None
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.cls_loss = nn.BCEWithLogitsLoss()
+
+    def setup(self, train_patients: Sequence[str]) -> None:
+        self.encoder = ClinicalEncoder.fit(HPV_VARIABLES, self.table.loc[list(train_patients)])
+
+    def state(self) -> dict:
+        return {"encoder": self.encoder.to_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.encoder = ClinicalEncoder.from_dict(state["encoder"])
+
+    def labels(self, patients: Sequence[str]) -> np.ndarray:
+        return self.table.loc[list(patients), "HPV Status"].to_numpy(dtype=np.float32)
+
+    def build_model(self) -> nn.Module:
+        # planned as Task 1's network, so its weights fit; the input may be larger than that patch
+        arch = tuple(min(p, s) for p, s in zip(self.seg.patch_size, self.shape, strict=True))
+        unet = build_dynunet(arch, self.spacing, self.seg.base_filters, self.seg.max_filters)
+        need = divisor(plan(arch, self.spacing)[1])
+        for size in (self.patch, self.shape):
+            if any(p % d for p, d in zip(size, need, strict=True)):
+                raise ValueError(
+                    f"hpv.patch_size and the prepared shape must be divisible by {tuple(need)}, got {size}"
+                )
+        if self.init is not None and self.init.is_file():
+            unet.load_state_dict(load_checkpoint(self.init)["model"])
+        return HPVNet(unet, self.encoder.width, self.cfg.mlp_width, self.cfg.dropout)
+
+    def train_dataset(self, patients: Sequence[str]) -> Dataset:
+        transform = segmentation_transform(
+            self.patch, self.shape, self.cfg.augment, self.cfg.foreground_prob
+        )
+        images = PreparedDataset(self.prepared, patients, Unwrap(transform), allow_unlabelled=True)
+        clinical = self.encoder.transform(self.table.loc[list(patients)])
+        return ClinicalDataset(images, clinical, {"hpv": self.labels(patients)})
+
+    def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
+        labels = dataset.targets["hpv"]  # type: ignore[attr-defined]
+        if len(set(labels.tolist())) < 2:
+            log.warning("hpv: the training patients hold one class only; batches are not balanced")
+            return None
+        return BalancedBatchSampler(
+            labels, self.cfg.train.batch_size, self.cfg.positives_per_batch, seed
+        )
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        out = model(batch["image"].to(device), batch["clinical"].to(device))
+        cls = self.cls_loss(out.hpv.float(), batch["hpv"].to(device))
+        labelled = batch["has_label"].to(device)
+        if self.cfg.seg_weight == 0 or not labelled.any():
+            return self.cfg.cls_weight * cls
+        seg = self.seg_loss(out.segmentation[labelled].float(), batch["label"].to(device)[labelled])
+        return self.cfg.seg_weight * seg + self.cfg.cls_weight * cls
+
+    def fingerprint(self) -> str:
+        """Identifies the Task 1 weights this task starts from: new weights, new training."""
+        if self.init is None or not self.init.is_file():
+            return "none"
+        return hashlib.sha256(self.init.read_bytes()).hexdigest()[:16]
+
+    def logits(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
+               unknown: Sequence[str] = ()) -> np.ndarray:  # fmt: skip
+        """Encoder-only HPV logits of whole prepared volumes; ``unknown`` masks clinical variables."""
+        clinical = torch.as_tensor(self.encoder.transform(self.table.loc[list(patients)], unknown))
+        out = []
+        with torch.inference_mode(), autocast():
+            for i, patient in enumerate(patients):
+                image = torch.as_tensor(np.array(load_case(self.prepared, patient).image))[None].to(
+                    device
+                )
+                out.append(
+                    float(model.classify(image, clinical[i : i + 1].to(device)).float().item())
+                )
+        return np.asarray(out)
+
+    def validate(
+        self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast
+    ) -> dict[str, float]:
+        logits = self.logits(model, patients, device, autocast)
+        truth = self.labels(patients).astype(int)
+        accuracy = metrics.balanced_accuracy(truth, (logits > 0).astype(int))
+        auc = metrics.auc(truth, logits)
+        return {
+            "balanced_accuracy": accuracy,
+            "auc": auc,
+            "score": accuracy + 1e-3 * (0.0 if auc != auc else auc),
+        }
+
+
+TASKS = {"seg": SegmentationTask, "hpv": HPVTask}
+
+
+def build_task(cfg: Config, name: str):
+    """The task ``name`` of the resolved config, wired to its inputs."""
+    if name == "seg":
+        return SegmentationTask(cfg.seg, cfg.paths.prepared)
+    if name == "hpv":
+        return HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared, seg_checkpoint(cfg.paths.models))
+    raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")

@@ -19,7 +19,7 @@ from hecktor import io, tracking
 from hecktor.config import Config
 from hecktor.data.splits import load_splits
 from hecktor.training.engine import distributed, fit, swa
-from hecktor.training.tasks import TASKS
+from hecktor.training.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,11 @@ def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], da
 def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
     """Train ``task`` on its configured split; returns the summary written to ``summary.json``."""
     task_cfg = getattr(cfg, task)
-    runner = TASKS[task](task_cfg, cfg.paths.prepared)
-    folds = folds_of(load_splits(cfg.paths.splits), task, task_cfg.split, task_cfg.folds)
+    runner = build_task(cfg, task)
+    splits = load_splits(cfg.paths.splits)
+    folds = folds_of(splits, task, task_cfg.split, task_cfg.folds)
+    if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
+        folds += folds_of(splits, task, "loco")
     out_root = Path(cfg.paths.models) / task
     rank, _ = distributed()
     if rank == 0:
@@ -77,6 +80,8 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
             if stale.is_dir() and stale.name not in {f[0] for f in folds}:
                 shutil.rmtree(stale)
     data = data_fingerprint(cfg.paths.prepared)
+    if hasattr(runner, "fingerprint"):
+        data = f"{data}:{runner.fingerprint()}"
     enabled = track and rank == 0
     experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns) if enabled else ""
     tags = tracking.run_tags(cfg, task_cfg.split) if enabled else {}

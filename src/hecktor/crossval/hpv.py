@@ -1,0 +1,432 @@
+"""Task 3 scored on unseen patients: folds, fold ensemble, clinical baseline, oracle, ablation.
+
+* Cross-validation: each fold model classifies its validation patients (out of fold); per-fold and
+  pooled balanced accuracy and AUC, per centre too.
+* Test: the patients no fold trained on. The fold ensemble (mean logit) and the best single fold
+  (highest cross-validated balanced accuracy, the paper's pick) are scored side by side.
+* Baseline: logistic regression on the same clinical encoding, trained on the same folds, ensembled
+  and picked the same way. Leave-one-centre-out results come beside the k-fold ones.
+* Oracle (synthetic cohorts): the true HPV probability, thresholded at the training prevalence, the
+  decision that maximises balanced accuracy: the best any model could do on these patients.
+
+Every decision is ``logit > 0`` (see :class:`hecktor.training.tasks.HPVTask`); the logistic
+regression is fitted with balanced class weights, so its 0 is the same balanced cut.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_curve
+from torch import nn
+
+from hecktor import io, metrics, reports, tracking
+from hecktor.config import Config
+from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
+from hecktor.data.splits import load_splits
+from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.tasks import HPVTask
+from hecktor.training.workflow import folds_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldModel:
+    name: str
+    kind: str  # "kfold" or "loco"
+    train: list[str]
+    val: list[str]
+    model: nn.Module
+    encoder: dict
+
+
+def _scores(truth: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    truth = truth.astype(int)
+    return {
+        "balanced_accuracy": metrics.balanced_accuracy(truth, (logits > 0).astype(int)),
+        "auc": metrics.auc(truth, logits),
+        "n": len(truth),
+        "n_negative": int((truth == 0).sum()),
+    }
+
+
+def _folds(cfg: Config) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
+    splits = load_splits(cfg.paths.splits)
+    folds = [(n, "kfold", t, v) for n, t, v in folds_of(splits, "hpv", "kfold", cfg.hpv.folds)]
+    if cfg.hpv.split == "loco":
+        folds = [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco", cfg.hpv.folds)]
+    elif cfg.hpv.loco:
+        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco")]
+    return folds, list(splits["task3"].get("test", []))
+
+
+def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
+    """Every trained fold model (SWA if present, else best) with its clinical encoder."""
+    device = resolve_device(cfg.hpv.train.device)
+    folds, _ = _folds(cfg)
+    task.init = None  # fold weights replace the Task 1 start anyway
+    out = []
+    for name, kind, train_ids, val_ids in folds:
+        folder = Path(cfg.paths.models) / "hpv" / name
+        path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no trained model in {folder}: run `hecktor train hpv` first")
+        state = load_checkpoint(path, device)
+        task.load_state(state["task"])
+        model = task.build_model().to(device)
+        model.load_state_dict(state["model"])
+        out.append(
+            FoldModel(name, kind, train_ids, val_ids, model.eval(), state["task"]["encoder"])
+        )
+    return out
+
+
+def logits_of(
+    cfg: Config, task: HPVTask, models: Sequence[FoldModel], unknown: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Out-of-fold logits (one row per validation patient) and test logits (every fold x patient)."""
+    device = resolve_device(cfg.hpv.train.device)
+    autocast = autocast_for(precision_for(cfg.hpv.train.precision, device), device)
+    _, test = _folds(cfg)
+    oof, tested = [], []
+    for fold in models:
+        task.load_state({"encoder": fold.encoder})
+        values = task.logits(fold.model, fold.val, device, autocast, unknown)
+        oof += [
+            {"PatientID": p, "fold": fold.name, "kind": fold.kind, "logit": v}
+            for p, v in zip(fold.val, values, strict=True)
+        ]
+        if test and fold.kind == "kfold":
+            values = task.logits(fold.model, test, device, autocast, unknown)
+            tested += [
+                {"PatientID": p, "fold": fold.name, "logit": v}
+                for p, v in zip(test, values, strict=True)
+            ]
+    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
+
+
+def _fit_baseline(task: HPVTask, train_ids: list[str]):
+    """Logistic regression (balanced class weights) on the fold's clinical encoding.
+
+    Returns a function from patients (and variables to mask) to logits; a fold whose training
+    patients hold one class only predicts that class.
+    """
+    encoder = ClinicalEncoder.fit(HPV_VARIABLES, task.table.loc[train_ids])
+    y = task.labels(train_ids).astype(int)
+    model = None
+    if len(set(y.tolist())) == 2:
+        model = LogisticRegression(class_weight="balanced", max_iter=2000)
+        model.fit(encoder.transform(task.table.loc[train_ids]), y)
+
+    def decide(patients: list[str], unknown: Sequence[str] = ()) -> np.ndarray:
+        if model is None:
+            return np.full(len(patients), 1.0 if y[0] == 1 else -1.0)
+        return model.decision_function(encoder.transform(task.table.loc[patients], unknown))
+
+    return decide
+
+
+def baseline_logits(
+    task: HPVTask, folds, test: list[str], unknown: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Logistic regression on the clinical encoding, fold by fold, as the network."""
+    oof, tested = [], []
+    for name, kind, train_ids, val_ids in folds:
+        decide = _fit_baseline(task, train_ids)
+        values = decide(val_ids, unknown)
+        oof += [
+            {"PatientID": p, "fold": name, "kind": kind, "logit": v}
+            for p, v in zip(val_ids, values, strict=True)
+        ]
+        if test and kind == "kfold":
+            values = decide(test, unknown)
+            tested += [
+                {"PatientID": p, "fold": name, "logit": v}
+                for p, v in zip(test, values, strict=True)
+            ]
+    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
+
+
+def summarise(task: HPVTask, oof: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Per-fold, pooled, per-centre, best-fold and ensemble scores of one model family."""
+    kfold = oof[oof["kind"] == "kfold"]
+    out: dict = {"folds": {}}
+    for name, rows in kfold.groupby("fold", sort=True):
+        out["folds"][name] = _scores(task.labels(rows["PatientID"]), rows["logit"].to_numpy())
+    out["cv"] = _scores(task.labels(kfold["PatientID"]), kfold["logit"].to_numpy())
+    centres = task.table.loc[kfold["PatientID"], "CenterID"].to_numpy()
+    out["per_centre"] = {
+        c: _scores(
+            task.labels(kfold["PatientID"][centres == c]), kfold["logit"].to_numpy()[centres == c]
+        )
+        for c in sorted(set(centres))
+    }
+    loco = oof[oof["kind"] == "loco"]
+    if len(loco):
+        out["loco"] = _scores(task.labels(loco["PatientID"]), loco["logit"].to_numpy())
+        out["loco_per_centre"] = {
+            name.removeprefix("loco-"): _scores(
+                task.labels(rows["PatientID"]), rows["logit"].to_numpy()
+            )
+            for name, rows in loco.groupby("fold", sort=True)
+        }
+    if len(test):
+        best = max(
+            out["folds"],
+            key=lambda f: (out["folds"][f]["balanced_accuracy"], out["folds"][f]["auc"]),
+        )
+        wide = test.pivot(index="PatientID", columns="fold", values="logit")
+        truth = task.labels(wide.index)
+        out["test_best_fold"] = {"fold": best, **_scores(truth, wide[best].to_numpy())}
+        out["test_ensemble"] = _scores(truth, wide.mean(axis=1).to_numpy())
+    return out
+
+
+def oracle_scores(
+    cfg: Config, task: HPVTask, cv_patients: list[str], test: list[str]
+) -> dict | None:
+    """Balanced accuracy of the true probability at the training prevalence (synthetic data only)."""
+    path = Path(cfg.paths.oracle)
+    if not path.is_file():
+        return None
+    oracle = pd.read_csv(path).set_index("PatientID")["hpv_probability"]
+    known = [p for p in cv_patients + test if p in oracle.index]
+    if len(known) < len(cv_patients) + len(test):
+        return None
+    prevalence = float(task.labels(cv_patients).mean())
+    out = {"threshold": prevalence}
+    for name, patients in (("cv", cv_patients), ("test", test)):
+        if patients:
+            logit = np.log(oracle.loc[patients].to_numpy()) - np.log(
+                1 - oracle.loc[patients].to_numpy()
+            )
+            shift = np.log(prevalence) - np.log(1 - prevalence)
+            out[name] = _scores(task.labels(patients), logit - shift)
+    return out
+
+
+def _write_curves(plots: Path, task: HPVTask, oof: pd.DataFrame, test: pd.DataFrame) -> None:
+    kfold = oof[oof["kind"] == "kfold"]
+    curves = [("cv", task.labels(kfold["PatientID"]), kfold["logit"].to_numpy())]
+    if len(test):
+        wide = test.pivot(index="PatientID", columns="fold", values="logit")
+        curves.append(("test", task.labels(wide.index), wide.mean(axis=1).to_numpy()))
+    for name, truth, score in curves:
+        if len(set(truth.tolist())) == 2:
+            fpr, tpr, _ = roc_curve(truth.astype(int), score)
+            io.write_text(
+                plots / f"roc_{name}.csv",
+                pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(index=False),
+            )
+        else:
+            io.write_text(plots / f"roc_{name}.csv", "fpr,tpr\n0,0\n1,1\n")
+    truth = task.labels(kfold["PatientID"]).astype(int)
+    pred = (kfold["logit"].to_numpy() > 0).astype(int)
+    io.write_text(
+        plots / "confusion.csv",
+        pd.DataFrame({"actual": truth, "predicted": pred}).to_csv(index=False),
+    )
+
+
+def _confusion(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    truth, pred = truth.astype(int), pred.astype(int)
+    return {
+        "true_positive": int(((truth == 1) & (pred == 1)).sum()),
+        "false_negative": int(((truth == 1) & (pred == 0)).sum()),
+        "false_positive": int(((truth == 0) & (pred == 1)).sum()),
+        "true_negative": int(((truth == 0) & (pred == 0)).sum()),
+    }
+
+
+def crossval_hpv(cfg: Config, track: bool = True) -> dict:
+    """Score Task 3 and its baseline; writes ``metrics/hpv.json``, ROC/confusion plots and a report."""
+    task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
+    folds, test = _folds(cfg)
+    models = load_models(cfg, task)
+    oof, tested = logits_of(cfg, task, models)
+    net = summarise(task, oof, tested)
+    base_folds = list(folds)
+    if not any(
+        kind == "loco" for _, kind, _, _ in folds
+    ):  # the baseline is cheap: always show LOCO
+        splits = load_splits(cfg.paths.splits)
+        base_folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco")]
+    base = summarise(task, *baseline_logits(task, base_folds, test))
+    cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
+    headline = "test_ensemble" if "test_ensemble" in net else "cv"
+    winner = {}
+    for key in dict.fromkeys(("cv", headline)):
+        better = net[key]["balanced_accuracy"] > base[key]["balanced_accuracy"]
+        winner[f"{key}_balanced_accuracy"] = "network" if better else "baseline"
+    kfold = oof[oof["kind"] == "kfold"]
+    net["confusion_cv"] = _confusion(task.labels(kfold["PatientID"]), kfold["logit"].to_numpy() > 0)
+    if len(tested):
+        wide = tested.pivot(index="PatientID", columns="fold", values="logit")
+        net["confusion_test_ensemble"] = _confusion(
+            task.labels(wide.index), wide.mean(axis=1).to_numpy() > 0
+        )
+    result = {
+        "network": net,
+        "baseline": base,
+        "oracle": oracle_scores(cfg, task, cv_patients, test),
+        "winner": winner,
+        "threshold": "logit > 0 (probability 0.5 under balanced training)",
+    }
+    plots = Path(cfg.paths.plots) / "hpv"
+    plots.mkdir(parents=True, exist_ok=True)
+    _write_curves(plots, task, oof, tested)
+    io.write_json(Path(cfg.paths.metrics) / "hpv.json", result)
+    io.write_text(Path(cfg.paths.reports) / "hpv.md", render_report(result))
+    if track:
+        experiment = tracking.experiment("hecktor-hpv", cfg.paths.mlruns)
+        with tracking.run(experiment, "evaluate_hpv", tracking.run_tags(cfg, cfg.hpv.split)) as run:
+            numbers = {k.replace("/", "."): v for k, v in tracking.flatten(result).items()}
+            run.log_metrics({k: v for k, v in numbers.items() if isinstance(v, int | float)})
+            run.log_dict(result, "hpv.json")
+            run.log_artifact(Path(cfg.paths.reports) / "hpv.md")
+    log.info(
+        "Task 3 network: %s",
+        {
+            k: round(v["balanced_accuracy"], 3)
+            for k, v in net.items()
+            if k in ("cv", "test_ensemble", "test_best_fold", "loco")
+        },
+    )
+    log.info(
+        "Task 3 baseline: %s",
+        {
+            k: round(v["balanced_accuracy"], 3)
+            for k, v in base.items()
+            if k in ("cv", "test_ensemble", "test_best_fold", "loco")
+        },
+    )
+    return result
+
+
+def render_report(result: dict) -> str:
+    net, base, oracle = result["network"], result["baseline"], result["oracle"] or {}
+    rows = []
+    for label, source in (("network", net), ("clinical logistic regression", base)):
+        rows.append({
+            "model": label,
+            "CV BA": source["cv"]["balanced_accuracy"], "CV AUC": source["cv"]["auc"],
+            "LOCO BA": source.get("loco", {}).get("balanced_accuracy", float("nan")),
+            "test BA, best fold": source.get("test_best_fold", {}).get("balanced_accuracy", float("nan")),
+            "test BA, ensemble": source.get("test_ensemble", {}).get("balanced_accuracy", float("nan")),
+            "test AUC, ensemble": source.get("test_ensemble", {}).get("auc", float("nan")),
+        })  # fmt: skip
+    if oracle:
+        rows.append({"model": "oracle (true probability)", "CV BA": oracle["cv"]["balanced_accuracy"],
+                     "CV AUC": oracle["cv"]["auc"],
+                     "test BA, ensemble": oracle.get("test", {}).get("balanced_accuracy", float("nan")),
+                     "test AUC, ensemble": oracle.get("test", {}).get("auc", float("nan"))})  # fmt: skip
+    columns = [
+        "model",
+        "CV BA",
+        "CV AUC",
+        "LOCO BA",
+        "test BA, best fold",
+        "test BA, ensemble",
+        "test AUC, ensemble",
+    ]
+    fold_rows = [{"fold": f, "network BA": v["balanced_accuracy"], "baseline BA": base["folds"].get(f, {}).get("balanced_accuracy", float("nan")),
+                  "patients": v["n"], "HPV-negative": v["n_negative"]} for f, v in net["folds"].items()]  # fmt: skip
+    centre_rows = [{"centre": c, "network BA": v["balanced_accuracy"], "baseline BA": base["per_centre"].get(c, {}).get("balanced_accuracy", float("nan")),
+                    "patients": v["n"], "HPV-negative": v["n_negative"]} for c, v in net["per_centre"].items()]  # fmt: skip
+    lines = [
+        "# Task 3: HPV status",
+        "",
+        "Balanced accuracy (BA) at logit 0; CV pools every fold's validation patients; the test set is "
+        "the patients no fold trained on. The best fold is the one with the highest CV BA (the paper's pick).",
+        "",
+        reports.markdown_table(rows, columns),
+        "",
+        "Winner: " + ", ".join(f"{k}: **{v}**" for k, v in result["winner"].items()),
+        "",
+        "## Folds",
+        "",
+        reports.markdown_table(
+            fold_rows, ["fold", "network BA", "baseline BA", "patients", "HPV-negative"]
+        ),
+        "",
+        "## Centres (cross-validation)",
+        "",
+        reports.markdown_table(
+            centre_rows, ["centre", "network BA", "baseline BA", "patients", "HPV-negative"]
+        ),
+        "",
+        f"Confusion (CV, network): {net['confusion_cv']}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+ABLATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("none", ()),
+    ("Age", ("Age",)),
+    ("Gender", ("Gender",)),
+    ("Alcohol", ("Alcohol Consumption",)),
+    ("Tobacco", ("Tobacco Consumption",)),
+    ("all four", HPV_VARIABLES),
+)
+
+
+def ablate_hpv(cfg: Config, track: bool = True) -> dict:
+    """The paper's Table 3: each clinical variable (and all four) set to unknown at inference."""
+    task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
+    folds, test = _folds(cfg)
+    models = load_models(cfg, task)
+    rows = []
+    for name, unknown in ABLATIONS:
+        net = summarise(task, *logits_of(cfg, task, models, unknown))
+        base = summarise(task, *baseline_logits(task, folds, test, unknown))
+        row: dict = {"unknown": name}
+        row |= {short: ("unknown" if var in unknown else "known") for short, var in
+                (("Age", "Age"), ("Sex", "Gender"), ("Alc", "Alcohol Consumption"), ("Smo", "Tobacco Consumption"))}  # fmt: skip
+        row["network CV BA"] = net["cv"]["balanced_accuracy"]
+        row["network test BA (ensemble)"] = net.get("test_ensemble", {}).get(
+            "balanced_accuracy", float("nan")
+        )
+        row["baseline CV BA"] = base["cv"]["balanced_accuracy"]
+        rows.append(row)
+    result = {"rows": rows}
+    columns = [
+        "Age",
+        "Sex",
+        "Alc",
+        "Smo",
+        "network CV BA",
+        "network test BA (ensemble)",
+        "baseline CV BA",
+    ]
+    text = "\n".join([
+        "# Task 3: clinical-variable ablation (the paper's Table 3)",
+        "",
+        "Each variable, then all four, set to unknown (-1) at inference only; the models are not retrained.",
+        "",
+        reports.markdown_table(rows, columns),
+        "",
+    ])  # fmt: skip
+    io.write_json(Path(cfg.paths.metrics) / "hpv_ablation.json", result)
+    io.write_text(Path(cfg.paths.reports) / "hpv_ablation.md", text)
+    if track:
+        experiment = tracking.experiment("hecktor-hpv", cfg.paths.mlruns)
+        with tracking.run(experiment, "ablate_hpv", tracking.run_tags(cfg, cfg.hpv.split)) as run:
+            for row in rows:
+                key = row["unknown"].replace(" ", "_")
+                run.log_metrics({f"unknown_{key}_cv_ba": row["network CV BA"],
+                                 f"unknown_{key}_test_ba": row["network test BA (ensemble)"]})  # fmt: skip
+            run.log_dict(result, "hpv_ablation.json")
+            run.log_artifact(Path(cfg.paths.reports) / "hpv_ablation.md")
+    log.info(
+        "Task 3 ablation:\n%s",
+        reports.markdown_table(rows, ["unknown", "network CV BA", "network test BA (ensemble)"]),
+    )
+    return result
