@@ -115,8 +115,10 @@ def _train(args: argparse.Namespace, cfg: Config) -> None:
 def _crossval(args: argparse.Namespace, cfg: Config) -> None:
     if args.task == "seg":
         from hecktor.crossval.seg import crossval_seg as run
-    else:
+    elif args.task == "hpv":
         from hecktor.crossval.hpv import crossval_hpv as run
+    else:
+        from hecktor.crossval.rfs import crossval_rfs as run
     run(cfg, track=not args.no_track)
 
 
@@ -199,14 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", parents=[common], help="train a task's models on its split (then SWA)",
                          description="Train on every fold of the task's split, refine by SWA, track in MLflow. "
                          "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP.")  # fmt: skip
-    p.add_argument("task", choices=["seg", "hpv"], help="seg: Task 1; hpv: Task 3")
+    p.add_argument(
+        "task", choices=["seg", "hpv", "rfs"], help="seg: Task 1; hpv: Task 3; rfs: Task 2"
+    )
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("crossval", parents=[common], help="score trained models on held-out patients",
                          description="Predict every fold's validation patients onto their CT grids, score them "
                          "with the challenge metrics and compare with the baseline.")  # fmt: skip
-    p.add_argument("task", choices=["seg", "hpv"], help="seg: Task 1; hpv: Task 3")
+    p.add_argument(
+        "task", choices=["seg", "hpv", "rfs"], help="seg: Task 1; hpv: Task 3; rfs: Task 2"
+    )
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_crossval)
 

@@ -100,6 +100,7 @@ class TrainConfig(_Section):
     swa_epochs: int = Field(0, ge=0)
     swa_lr: float = Field(5e-5, gt=0)
     grad_clip: float = Field(12.0, gt=0)
+    drop_last: bool = True  # keep every batch full (False: the last, smaller batch is used too)
     seed: int = 2025
     num_workers: int = Field(0, ge=0)
     device: str = "auto"
@@ -151,6 +152,25 @@ class HpvConfig(_Section):
     train: TrainConfig = TrainConfig(epochs=500, batch_size=4, lr=1e-4, swa_epochs=0)
 
 
+class RfsConfig(_Section):
+    """Task 2: 3D ResNet18 on CT, PET and masks with clinical data, Cox loss."""
+
+    split: Literal["kfold", "loco"] = "kfold"
+    folds: tuple[int, ...] | None = None
+    loco: bool = False
+    modes: tuple[Literal["gt", "pred"], ...] = (
+        "gt",
+        "pred",
+    )  # train on true or predicted masks and HPV
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+    mlp_width: int = Field(32, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    bootstrap: int = Field(1000, ge=0)
+    train: TrainConfig = TrainConfig(
+        epochs=500, batch_size=16, lr=1e-4, drop_last=False, swa_epochs=0
+    )
+
+
 class Config(_Section):
     """The resolved configuration of one pipeline run."""
 
@@ -161,6 +181,7 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     seg: SegConfig = SegConfig()
     hpv: HpvConfig = HpvConfig()
+    rfs: RfsConfig = RfsConfig()
 
     def digest(self) -> str:
         """Short stable hash of the resolved config, logged beside each run."""

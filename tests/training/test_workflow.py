@@ -119,3 +119,25 @@ def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
     ablation = ablate_hpv(cfg)
     assert [r["unknown"] for r in ablation["rows"]] == [name for name, _ in ABLATIONS]
     assert (cfg.paths.reports / "hpv_ablation.md").is_file()
+
+    # Task 2 stands on both: masks from Task 1, HPV from Task 3
+    from hecktor.crossval.rfs import crossval_rfs
+
+    rfs = train(cfg, "rfs")
+    assert {name.split("-", 1)[0] for name in rfs["folds"]} == {"gt", "pred"}
+    inputs = cfg.paths.models / "rfs" / "inputs"
+    frame = __import__("pandas").read_csv(inputs / "inputs.csv")
+    assert set(frame["hpv_source"]) <= {"out-of-fold", "ensemble"}
+    assert len(list((inputs / "masks").glob("*.npy"))) == len(frame)
+    result = crossval_rfs(cfg)
+    assert set(result["network"]) == {"gt", "pred"}
+    for family in (
+        result["network"]["gt"],
+        result["network"]["pred"],
+        result["baseline_clinical"],
+        result["baseline_clinical_image"],
+    ):
+        assert "cv" in family and "per_centre" in family
+    assert "loco" in result["baseline_clinical"] and "oracle" in result
+    assert (cfg.paths.plots / "rfs" / "km.png").stat().st_size > 1000
+    assert "| clinical Cox |" in (cfg.paths.reports / "rfs.md").read_text()

@@ -178,7 +178,7 @@ class _Loop:
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             num_workers=self.cfg.num_workers,
-            drop_last=len(dataset) >= self.cfg.batch_size * self.world,
+            drop_last=self.cfg.drop_last and len(dataset) >= self.cfg.batch_size * self.world,
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,
         )

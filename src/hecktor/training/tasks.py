@@ -13,14 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
-from hecktor.config import Config, HpvConfig, SegConfig
-from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
+from hecktor.config import Config, HpvConfig, RfsConfig, SegConfig
+from hecktor.data.clinical import HPV_VARIABLES, RFS_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
     BalancedBatchSampler,
     PreparedDataset,
@@ -29,8 +30,10 @@ from hecktor.data.loading import (
 )
 from hecktor.data.preprocess import load_case
 from hecktor.inference.predictor import segment
+from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import build_dynunet, divisor, plan
+from hecktor.models.survival import SurvivalNet
 from hecktor.training.engine import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -243,13 +246,144 @@ class HPVTask:
         }
 
 
-TASKS = {"seg": SegmentationTask, "hpv": HPVTask}
+class SurvivalDataset(Dataset):
+    """CT, PET and the two mask channels of each patient, with clinical vector, time and event."""
+
+    def __init__(self, task: RFSTask, patients: Sequence[str], inputs: str) -> None:
+        self.task = task
+        self.patients = list(patients)
+        self.inputs = inputs
+        self.clinical = task.encoder.transform(task.frame(patients, inputs))
+        self.time = task.table.loc[self.patients, "RFS"].to_numpy(dtype=np.float32)
+        self.event = task.table.loc[self.patients, "Relapse"].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, index: int) -> dict:
+        patient = self.patients[index]
+        return {
+            "image": torch.as_tensor(self.task.image(patient, self.inputs)),
+            "clinical": torch.as_tensor(self.clinical[index]),
+            "time": torch.as_tensor(self.time[index]),
+            "event": torch.as_tensor(self.event[index]),
+            "patient": patient,
+        }
 
 
-def build_task(cfg: Config, name: str):
+class RFSTask:
+    """Task 2: recurrence-free survival from CT, PET, masks and clinical data, Cox loss.
+
+    ``mode`` says what the model trains on: ``gt`` (true masks and HPV status, as the paper trained)
+    or ``pred`` (masks from Task 1 and HPV from Task 3, as it is tested). Validation always uses the
+    predicted inputs, the only ones a new patient has. A patient without a true mask (outside
+    Task 1) uses the predicted one in ``gt`` mode too. The best epoch has the highest C-index.
+    """
+
+    name = "rfs"
+
+    def __init__(
+        self, cfg: RfsConfig, prepared: Path | str, inputs: Path | str, mode: str = "pred"
+    ) -> None:
+        self.cfg = cfg
+        self.mode = mode
+        self.prepared = Path(prepared)
+        self.inputs_dir = Path(inputs)
+        self.table = read_clinical(prepared)
+        self.inputs = pd.read_csv(self.inputs_dir / "inputs.csv").set_index("PatientID")
+        self.encoder = ClinicalEncoder(RFS_VARIABLES)
+
+    def frame(self, patients: Sequence[str], inputs: str) -> pd.DataFrame:
+        """Clinical rows; with predicted inputs, HPV status is Task 3's call."""
+        frame = self.table.loc[list(patients)].copy()
+        if inputs == "pred":
+            frame["HPV Status"] = (
+                self.inputs.loc[list(patients), "hpv_pred"].astype(float).to_numpy()
+            )
+        return frame
+
+    def mask(self, patient: str, inputs: str) -> np.ndarray:
+        if inputs == "gt":
+            label = load_case(self.prepared, patient).label
+            if label is not None:
+                return np.asarray(label)
+        return np.load(self.inputs_dir / "masks" / f"{patient}.npy")
+
+    def image(self, patient: str, inputs: str) -> np.ndarray:
+        """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask."""
+        case = load_case(self.prepared, patient)
+        mask = self.mask(patient, inputs)
+        return np.concatenate(
+            [np.asarray(case.image), (mask == 1)[None], (mask == 2)[None]]
+        ).astype(np.float32)
+
+    def setup(self, train_patients: Sequence[str]) -> None:
+        self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(train_patients, self.mode))
+
+    def state(self) -> dict:
+        return {"encoder": self.encoder.to_dict(), "mode": self.mode}
+
+    def load_state(self, state: dict) -> None:
+        self.encoder = ClinicalEncoder.from_dict(state["encoder"])
+
+    def fingerprint(self) -> str:
+        return (
+            (self.inputs_dir / "key.txt").read_text()
+            if (self.inputs_dir / "key.txt").is_file()
+            else "none"
+        )
+
+    def build_model(self) -> nn.Module:
+        return SurvivalNet(
+            self.encoder.width, self.cfg.widths, self.cfg.mlp_width, self.cfg.dropout
+        )
+
+    def train_dataset(self, patients: Sequence[str]) -> Dataset:
+        return SurvivalDataset(self, patients, self.mode)
+
+    def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
+        return None
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        risk = model(batch["image"].to(device), batch["clinical"].to(device))
+        return cox_loss(risk, batch["time"].to(device), batch["event"].to(device))
+
+    def risks(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
+              inputs: str = "pred") -> np.ndarray:  # fmt: skip
+        """Predicted risks (log-hazards) of patients, from predicted inputs by default."""
+        data = SurvivalDataset(self, patients, inputs)
+        out = []
+        with torch.inference_mode(), autocast():
+            for i in range(len(data)):
+                item = data[i]
+                risk = model(item["image"][None].to(device), item["clinical"][None].to(device))
+                out.append(float(risk.float().item()))
+        return np.asarray(out)
+
+    def validate(
+        self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast
+    ) -> dict[str, float]:
+        risk = self.risks(model, patients, device, autocast)
+        time = self.table.loc[list(patients), "RFS"].to_numpy(float)
+        event = self.table.loc[list(patients), "Relapse"].to_numpy(float)
+        value = metrics.c_index(time, event, risk)
+        value = 0.5 if value != value else value
+        return {"c_index": value, "score": value}
+
+
+TASKS = {"seg": SegmentationTask, "hpv": HPVTask, "rfs": RFSTask}
+
+
+def build_task(cfg: Config, name: str, mode: str | None = None):
     """The task ``name`` of the resolved config, wired to its inputs."""
     if name == "seg":
         return SegmentationTask(cfg.seg, cfg.paths.prepared)
     if name == "hpv":
         return HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared, seg_checkpoint(cfg.paths.models))
+    if name == "rfs":
+        from hecktor.inference.derived import derive_rfs_inputs
+
+        return RFSTask(
+            cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg), mode or cfg.rfs.modes[0]
+        )
     raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")

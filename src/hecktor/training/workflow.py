@@ -67,21 +67,25 @@ def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], da
 def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
     """Train ``task`` on its configured split; returns the summary written to ``summary.json``."""
     task_cfg = getattr(cfg, task)
-    runner = build_task(cfg, task)
     splits = load_splits(cfg.paths.splits)
-    folds = folds_of(splits, task, task_cfg.split, task_cfg.folds)
+    base_folds = folds_of(splits, task, task_cfg.split, task_cfg.folds)
     if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
-        folds += folds_of(splits, task, "loco")
+        base_folds += folds_of(splits, task, "loco")
+    # Task 2 trains one set of folds per input mode (true or predicted masks and HPV)
+    modes = [f"{m}-" for m in task_cfg.modes] if task == "rfs" else [""]
+    runners = {prefix: build_task(cfg, task, prefix.rstrip("-") or None) for prefix in modes}
+    folds = [
+        (prefix, (f"{prefix}{name}", tr, va)) for prefix in modes for name, tr, va in base_folds
+    ]
     out_root = Path(cfg.paths.models) / task
     rank, _ = distributed()
     if rank == 0:
         out_root.mkdir(parents=True, exist_ok=True)
         for stale in out_root.iterdir():  # folds of an earlier split
-            if stale.is_dir() and stale.name not in {f[0] for f in folds}:
+            if stale.is_dir() and stale.name not in {f[1][0] for f in folds} | {"inputs"}:
                 shutil.rmtree(stale)
     data = data_fingerprint(cfg.paths.prepared)
-    if hasattr(runner, "fingerprint"):
-        data = f"{data}:{runner.fingerprint()}"
+    fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
     experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns) if enabled else ""
     tags = tracking.run_tags(cfg, task_cfg.split) if enabled else {}
@@ -91,15 +95,17 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
         "config_hash": cfg.digest(),
         "data": data,
         "folds": {},
+        "modes": [m.rstrip("-") for m in modes if m],
     }
     history = []
     with tracking.run(experiment, f"train_{task}", tags, enabled=enabled) as parent:
         parent.log_params(tracking.flatten({task: task_cfg.model_dump(mode="json")}))
         parent.log_dict(cfg.model_dump(mode="json"), "config.json")
-        for fold in folds:
+        for prefix, fold in folds:
+            runner = runners[prefix]
             name, train_ids, val_ids = fold
             fold_dir = out_root / name
-            key = fold_hash(cfg, task, fold, data)
+            key = fold_hash(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
             run_file = fold_dir / "mlflow_run.json"
             previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
             resume_id = previous.get("run_id") if previous.get("key") == key else None
@@ -125,11 +131,17 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
             }  # fmt: skip
             history += [{"fold": name, **row} for row in result.history]
         means = {}
-        for variant in ("best", "swa"):
-            values = [f[variant] for f in summary["folds"].values() if f[variant]]
-            if values:
-                means[variant] = {k: sum(v[k] for v in values) / len(values) for k in values[0]}
-                parent.log_metrics({f"mean_{variant}_{k}": v for k, v in means[variant].items()})
+        for prefix in modes:
+            for variant in ("best", "swa"):
+                values = [
+                    f[variant]
+                    for n, f in summary["folds"].items()
+                    if f[variant] and n.startswith(prefix)
+                ]
+                if values:
+                    label = f"{prefix}{variant}"
+                    means[label] = {k: sum(v[k] for v in values) / len(values) for k in values[0]}
+                    parent.log_metrics({f"mean_{label}_{k}": v for k, v in means[label].items()})
         summary["mean"] = means
     if rank == 0:
         io.write_json(out_root / "summary.json", summary)

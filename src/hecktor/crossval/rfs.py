@@ -1,0 +1,350 @@
+"""Task 2 scored on unseen patients with predicted inputs, beside Cox baselines and the oracle.
+
+For each training mode (``gt``: trained on true masks and HPV; ``pred``: on predicted ones) every
+fold model scores its validation patients (out of fold) and the test set, always from predicted
+masks and HPV, as a new patient would be. A fold model's risks are standardised by its own training
+patients' risks (mean and standard deviation) so that folds can be pooled and averaged: the Cox
+loss fixes risks only up to a shift. The fold ensemble is the mean standardised risk; the best fold
+is the one with the highest cross-validated C-index (the paper's pick).
+
+Baselines (lifelines ``CoxPHFitter``, ridge 0.1) on the same folds and the same predicted inputs: the
+clinical variables alone, and with image features of the predicted masks (primary volume, SUVmax,
+metabolic tumour volume, total lesion glycolysis, number of nodes). The oracle's true log-hazard
+gives the best achievable C-index on the same patients.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.statistics import logrank_test
+from scipy import ndimage
+
+from hecktor import io, metrics, reports, tracking
+from hecktor.config import Config
+from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
+from hecktor.data.preprocess import load_case
+from hecktor.data.splits import load_splits
+from hecktor.inference.derived import derive_rfs_inputs
+from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.tasks import RFSTask
+from hecktor.training.workflow import folds_of
+
+log = logging.getLogger(__name__)
+IMAGE_FEATURES = ("primary_cc", "suv_max", "mtv_cc", "tlg", "nodes")
+
+
+def c_index_with_ci(time, event, risk, resamples: int, seed: int = 0) -> dict[str, float]:
+    """Harrell's C-index and a percentile bootstrap 95 % interval over patients."""
+    time, event, risk = map(np.asarray, (time, event, risk))
+    value = metrics.c_index(time, event, risk)
+    out = {"c_index": value, "n": len(time), "events": int(event.sum())}
+    if resamples and len(time) > 2:
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(resamples):
+            idx = rng.integers(0, len(time), len(time))
+            v = metrics.c_index(time[idx], event[idx], risk[idx])
+            if v == v:
+                draws.append(v)
+        if draws:
+            out["ci_low"], out["ci_high"] = (float(q) for q in np.percentile(draws, [2.5, 97.5]))
+    return out
+
+
+def image_features(task: RFSTask, patient: str) -> dict[str, float]:
+    """Simple PET/CT features of a predicted mask (volumes in cc, SUV restored from the z-score)."""
+    case = load_case(task.prepared, patient)
+    mask = task.mask(patient, "pred")
+    suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
+    voxel_cc = float(np.prod(case.meta["grid"]["spacing"])) / 1000.0
+    lesion = mask > 0
+    primary = mask == 1
+    return {
+        "primary_cc": float(primary.sum() * voxel_cc),
+        "suv_max": float(suv[lesion].max()) if lesion.any() else 0.0,
+        "mtv_cc": float(lesion.sum() * voxel_cc),
+        "tlg": float(suv[lesion].sum() * voxel_cc) if lesion.any() else 0.0,
+        "nodes": float(ndimage.label(mask == 2, structure=np.ones((3, 3, 3)))[1]),
+    }
+
+
+def _folds(cfg: Config) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
+    splits = load_splits(cfg.paths.splits)
+    folds = [(n, "kfold", t, v) for n, t, v in folds_of(splits, "rfs", "kfold", cfg.rfs.folds)]
+    if cfg.rfs.split == "loco":
+        folds = [(n, "loco", t, v) for n, t, v in folds_of(splits, "rfs", "loco", cfg.rfs.folds)]
+    elif cfg.rfs.loco:
+        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "rfs", "loco")]
+    return folds, list(splits["task2"].get("test", []))
+
+
+def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Standardised out-of-fold and test risks of one training mode's fold models."""
+    device = resolve_device(cfg.rfs.train.device)
+    autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
+    folds, test = _folds(cfg)
+    oof, tested = [], []
+    for name, kind, train_ids, val_ids in folds:
+        folder = Path(cfg.paths.models) / "rfs" / f"{mode}-{name}"
+        path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no trained model in {folder}: run `hecktor train rfs` first")
+        state = load_checkpoint(path, device)
+        task.load_state(state["task"])
+        model = task.build_model().to(device)
+        model.load_state_dict(state["model"])
+        model.eval()
+        reference = task.risks(model, train_ids, device, autocast)
+        mean, std = reference.mean(), reference.std() if reference.std() > 0 else 1.0
+
+        def standard(values: np.ndarray, mean: float = mean, std: float = std) -> np.ndarray:
+            return (values - mean) / std
+
+        risk = standard(task.risks(model, val_ids, device, autocast))
+        oof += [
+            {"PatientID": p, "fold": name, "kind": kind, "risk": r}
+            for p, r in zip(val_ids, risk, strict=True)
+        ]
+        if test and kind == "kfold":
+            risk = standard(task.risks(model, test, device, autocast))
+            tested += [
+                {"PatientID": p, "fold": name, "risk": r} for p, r in zip(test, risk, strict=True)
+            ]
+    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "risk"])
+
+
+def baseline_risks(
+    task: RFSTask, folds, test: list[str], with_images: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cox proportional hazards on clinical variables (and image features), fold by fold."""
+    patients = sorted({p for _, _, t, v in folds for p in t + v} | set(test))
+    features = (
+        pd.DataFrame({p: image_features(task, p) for p in patients}).T if with_images else None
+    )
+    oof, tested = [], []
+    for name, kind, train_ids, val_ids in folds:
+        encoder = ClinicalEncoder.fit(RFS_VARIABLES, task.frame(train_ids, "pred"))
+
+        def design(ids: list[str], encoder: ClinicalEncoder = encoder) -> pd.DataFrame:
+            x = pd.DataFrame(
+                encoder.transform(task.frame(ids, "pred")), columns=encoder.columns, index=ids
+            )
+            if features is not None:
+                image = features.loc[ids].copy()
+                for column in ("primary_cc", "mtv_cc", "tlg"):
+                    image[column] = np.log1p(image[column])
+                x = pd.concat([x, image], axis=1)
+            return x
+
+        train = design(train_ids)
+        keep = [c for c in train.columns if train[c].std() > 0]
+        frame = train[keep].assign(
+            T=task.table.loc[train_ids, "RFS"].to_numpy(),
+            E=task.table.loc[train_ids, "Relapse"].to_numpy(),
+        )
+        model = CoxPHFitter(penalizer=0.1).fit(frame, duration_col="T", event_col="E")
+        risk = model.predict_log_partial_hazard(design(val_ids)[keep]).to_numpy()
+        oof += [
+            {"PatientID": p, "fold": name, "kind": kind, "risk": r}
+            for p, r in zip(val_ids, risk, strict=True)
+        ]
+        if test and kind == "kfold":
+            risk = model.predict_log_partial_hazard(design(test)[keep]).to_numpy()
+            tested += [
+                {"PatientID": p, "fold": name, "risk": r} for p, r in zip(test, risk, strict=True)
+            ]
+    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "risk"])
+
+
+def summarise(task: RFSTask, oof: pd.DataFrame, test: pd.DataFrame, resamples: int) -> dict:
+    def score(patients, risk):
+        patients = list(patients)
+        time = task.table.loc[patients, "RFS"].to_numpy(float)
+        event = task.table.loc[patients, "Relapse"].to_numpy(float)
+        return c_index_with_ci(time, event, np.asarray(risk, float), resamples)
+
+    kfold = oof[oof["kind"] == "kfold"]
+    out: dict = {
+        "folds": {n: score(r["PatientID"], r["risk"]) for n, r in kfold.groupby("fold", sort=True)}
+    }
+    out["cv"] = score(kfold["PatientID"], kfold["risk"])
+    centres = task.table.loc[kfold["PatientID"], "CenterID"].to_numpy()
+    out["per_centre"] = {
+        c: score(kfold["PatientID"][centres == c], kfold["risk"][centres == c])
+        for c in sorted(set(centres))
+    }
+    loco = oof[oof["kind"] == "loco"]
+    if len(loco):
+        out["loco"] = score(loco["PatientID"], loco["risk"])
+    if len(test):
+        best = max(out["folds"], key=lambda f: np.nan_to_num(out["folds"][f]["c_index"], nan=-1))
+        wide = test.pivot(index="PatientID", columns="fold", values="risk")
+        out["test_best_fold"] = {"fold": best, **score(wide.index, wide[best])}
+        out["test_ensemble"] = score(wide.index, wide.mean(axis=1))
+    return out
+
+
+def km_figure(task: RFSTask, patients, risk, title: str):
+    """Kaplan-Meier curves of the predicted low- and high-risk halves, with the log-rank p-value."""
+    patients = list(patients)
+    time = task.table.loc[patients, "RFS"].to_numpy(float)
+    event = task.table.loc[patients, "Relapse"].to_numpy(float)
+    high = np.asarray(risk) > np.median(risk)
+    p_value = (
+        float(logrank_test(time[high], time[~high], event[high], event[~high]).p_value)
+        if high.any() and (~high).any()
+        else float("nan")
+    )
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for mask, label in ((~high, "low risk"), (high, "high risk")):
+        if mask.any():
+            KaplanMeierFitter().fit(
+                time[mask], event[mask], label=f"{label} (n={mask.sum()})"
+            ).plot_survival_function(ax=ax)
+    ax.set_xlabel("days")
+    ax.set_ylabel("recurrence-free survival")
+    ax.set_title(f"{title}\nlog-rank p = {p_value:.3g}", fontsize=9)
+    fig.tight_layout()
+    return fig, p_value
+
+
+def crossval_rfs(cfg: Config, track: bool = True) -> dict:
+    """Score Task 2 (both training modes), its baselines and the oracle; writes metrics, KM, report."""
+    task = RFSTask(cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg))
+    folds, test = _folds(cfg)
+    result: dict = {
+        "network": {},
+        "inputs": task.inputs[["seg_source", "hpv_source"]]
+        .apply(lambda c: c.value_counts().to_dict())
+        .to_dict(),
+    }
+    frames = {}
+    for mode in cfg.rfs.modes:
+        frames[mode] = network_risks(cfg, task, mode)
+        result["network"][mode] = summarise(task, *frames[mode], cfg.rfs.bootstrap)
+    base_folds = list(folds)
+    if not any(kind == "loco" for _, kind, _, _ in folds):
+        base_folds += [
+            (n, "loco", t, v) for n, t, v in folds_of(load_splits(cfg.paths.splits), "rfs", "loco")
+        ]
+    result["baseline_clinical"] = summarise(
+        task, *baseline_risks(task, base_folds, test, False), cfg.rfs.bootstrap
+    )
+    result["baseline_clinical_image"] = summarise(
+        task, *baseline_risks(task, base_folds, test, True), cfg.rfs.bootstrap
+    )
+    cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
+    oracle_path = Path(cfg.paths.oracle)
+    if oracle_path.is_file():
+        oracle = pd.read_csv(oracle_path).set_index("PatientID")["log_hazard"]
+        if set(cv_patients + test) <= set(oracle.index):
+            result["oracle"] = {name: c_index_with_ci(task.table.loc[ps, "RFS"], task.table.loc[ps, "Relapse"],
+                                                      oracle.loc[ps].to_numpy(), cfg.rfs.bootstrap)
+                                for name, ps in (("cv", cv_patients), ("test", test)) if ps}  # fmt: skip
+    headline = "test_ensemble" if test else "cv"
+    result["winner"] = {}
+    for key in dict.fromkeys(("cv", headline)):
+        candidates = {f"network ({m})": result["network"][m][key]["c_index"] for m in cfg.rfs.modes}
+        candidates["clinical Cox"] = result["baseline_clinical"][key]["c_index"]
+        candidates["clinical + image Cox"] = result["baseline_clinical_image"][key]["c_index"]
+        known = {k: v for k, v in candidates.items() if v == v}
+        result["winner"][key] = max(known, key=known.get) if known else "n/a (no comparable pairs)"
+    best_mode = max(
+        cfg.rfs.modes, key=lambda m: np.nan_to_num(result["network"][m]["cv"]["c_index"], nan=-1)
+    )
+    kfold = frames[best_mode][0][frames[best_mode][0]["kind"] == "kfold"]
+    figure, p_value = km_figure(
+        task, kfold["PatientID"], kfold["risk"], f"network ({best_mode}), cross-validation"
+    )
+    result["km"] = {"mode": best_mode, "logrank_p": p_value}
+    plots = Path(cfg.paths.plots) / "rfs"
+    plots.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(plots / "km.png") as tmp:
+        figure.savefig(tmp, dpi=90, format="png")
+    io.write_json(Path(cfg.paths.metrics) / "rfs.json", result)
+    io.write_text(Path(cfg.paths.reports) / "rfs.md", render_report(result, cfg.rfs.modes))
+    if track:
+        experiment = tracking.experiment("hecktor-rfs", cfg.paths.mlruns)
+        with tracking.run(experiment, "evaluate_rfs", tracking.run_tags(cfg, cfg.rfs.split)) as run:
+            numbers = tracking.flatten(result)
+            run.log_metrics(
+                {
+                    k: v
+                    for k, v in numbers.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
+            run.log_figure(figure, "km.png")
+            run.log_dict(result, "rfs.json")
+    plt.close(figure)
+    log.info("Task 2 winners: %s", result["winner"])
+    return result
+
+
+def render_report(result: dict, modes) -> str:
+    def cell(entry: dict | None) -> str:
+        if not entry or entry.get("c_index") != entry.get("c_index"):
+            return "n/a"
+        text = f"{entry['c_index']:.3f}"
+        if "ci_low" in entry:
+            text += f" [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
+        return text
+
+    rows = []
+    families = [
+        (f"network, trained on {'true' if m == 'gt' else 'predicted'} inputs", result["network"][m])
+        for m in modes
+    ]
+    families += [
+        ("clinical Cox", result["baseline_clinical"]),
+        ("clinical + image Cox", result["baseline_clinical_image"]),
+    ]
+    for label, source in families:
+        rows.append({"model": label, "CV": cell(source["cv"]), "LOCO": cell(source.get("loco")),
+                     "test, best fold": cell(source.get("test_best_fold")), "test, ensemble": cell(source.get("test_ensemble"))})  # fmt: skip
+    if "oracle" in result:
+        rows.append({"model": "oracle (true log-hazard)", "CV": cell(result["oracle"].get("cv")),
+                     "test, ensemble": cell(result["oracle"].get("test"))})  # fmt: skip
+    fold_rows = []
+    for m in modes:
+        for fold, entry in result["network"][m]["folds"].items():
+            fold_rows.append(
+                {
+                    "mode": m,
+                    "fold": fold,
+                    "C-index": cell(entry),
+                    "patients": entry["n"],
+                    "events": entry["events"],
+                }
+            )
+    centre_rows = [{"centre": c, **{f"network ({m})": cell(result["network"][m]["per_centre"].get(c)) for m in modes},
+                    "clinical Cox": cell(result["baseline_clinical"]["per_centre"].get(c))}
+                   for c in result["baseline_clinical"]["per_centre"]]  # fmt: skip
+    return "\n".join([
+        "# Task 2: recurrence-free survival",
+        "",
+        "Harrell's C-index [bootstrap 95 % interval]; every model is evaluated on predicted masks and HPV. "
+        "CV pools every fold's validation patients; the test set is the patients no fold trained on.",
+        f"Inputs: {result['inputs']}",
+        "",
+        reports.markdown_table(rows, ["model", "CV", "LOCO", "test, best fold", "test, ensemble"]),
+        "",
+        "Winner: " + ", ".join(f"{k}: **{v}**" for k, v in result["winner"].items()),
+        "",
+        "## Folds",
+        "",
+        reports.markdown_table(fold_rows, ["mode", "fold", "C-index", "patients", "events"]),
+        "",
+        "## Centres (cross-validation)",
+        "",
+        reports.markdown_table(centre_rows, ["centre", *[f"network ({m})" for m in modes], "clinical Cox"]),
+        "",
+        f"![Kaplan-Meier by predicted risk](../plots/rfs/km.png) (log-rank p = {result['km']['logrank_p']:.3g})",
+        "",
+    ])  # fmt: skip

@@ -1,0 +1,112 @@
+"""Task 2's inputs as the paper used them at test time: masks from the Task 1 model and HPV status
+from the Task 3 models, produced out of fold wherever the splits allow.
+
+* Masks: a patient is segmented by a Task 1 fold model that did not train on them; when every Task 1
+  model saw them (the hold-out split trains one model on most patients), the mask is in-sample and is
+  marked so (``seg_source``).
+* HPV: a patient in a Task 3 validation fold gets that fold model's logit; anyone else (the Task 3
+  test set, patients outside Task 3) gets the fold ensemble's mean logit: never in-sample.
+
+Written once per set of models to ``<models>/rfs/inputs`` (masks on the prepared grid).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hecktor import io
+from hecktor.config import Config
+from hecktor.data.preprocess import load_case
+from hecktor.data.splits import load_splits
+from hecktor.inference.predictor import remove_small_lesions
+from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def derive_rfs_inputs(cfg: Config) -> Path:
+    """Predicted masks and HPV logits for every Task 2 patient; returns the folder."""
+    from hecktor.crossval.hpv import load_models, logits_of
+    from hecktor.training.tasks import HPVTask, SegmentationTask
+
+    out = Path(cfg.paths.models) / "rfs" / "inputs"
+    seg_root = Path(cfg.paths.models) / "seg"
+    seg_summary = json.loads((seg_root / "summary.json").read_text())
+    seg_folds = []
+    splits = load_splits(cfg.paths.splits)
+    from hecktor.training.workflow import folds_of
+
+    for name, train_ids, _ in folds_of(splits, "seg", cfg.seg.split, cfg.seg.folds):
+        if name in seg_summary["folds"]:
+            path = seg_root / name / "swa.pt"
+            seg_folds.append(
+                (name, set(train_ids), path if path.is_file() else seg_root / name / "best.pt")
+            )
+    hpv_paths = sorted((Path(cfg.paths.models) / "hpv").glob("*/best.pt"))
+    key = _fingerprint(
+        [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]
+    )
+    if (
+        (out / "inputs.csv").is_file()
+        and (out / "key.txt").is_file()
+        and (out / "key.txt").read_text() == key
+    ):
+        return out
+    cases = pd.read_csv(Path(cfg.paths.prepared) / "cases.csv")
+    patients = cases.loc[cases["task2"], "PatientID"].tolist()
+    device = resolve_device(cfg.seg.train.device)
+    autocast = autocast_for(precision_for(cfg.seg.train.precision, device), device)
+    seg_task = SegmentationTask(cfg.seg, cfg.paths.prepared)
+    models = {}
+    for name, _, path in seg_folds:
+        model = seg_task.build_model().to(device)
+        model.load_state_dict(load_checkpoint(path, device)["model"])
+        models[name] = model.eval()
+    hpv_task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
+    hpv_models = [m for m in load_models(cfg, hpv_task) if m.kind == "kfold"]
+    oof, _ = logits_of(cfg, hpv_task, hpv_models)
+    oof_logit = dict(zip(oof["PatientID"], oof["logit"], strict=True))
+    rows = []
+    with io.atomic_dir(out) as tmp:
+        (tmp / "masks").mkdir()
+        others = [p for p in patients if p not in oof_logit]
+        ensemble = {}
+        if others:
+            for fold in hpv_models:
+                hpv_task.load_state({"encoder": fold.encoder})
+                values = hpv_task.logits(fold.model, others, device, autocast)
+                for p, v in zip(others, values, strict=True):
+                    ensemble.setdefault(p, []).append(v)
+        for patient in tqdm(patients, desc="rfs inputs", unit="patient"):
+            unseen = [name for name, train, _ in seg_folds if patient not in train]
+            fold = unseen[0] if unseen else seg_folds[0][0]
+            case = load_case(cfg.paths.prepared, patient)
+            labels = seg_task.predict(models[fold], case.image, device, autocast)
+            labels = remove_small_lesions(labels, cfg.seg.min_lesion_mm3, seg_task.voxel_mm3)
+            np.save(tmp / "masks" / f"{patient}.npy", labels)
+            logit = oof_logit.get(patient, float(np.mean(ensemble.get(patient, [0.0]))))
+            rows.append({
+                "PatientID": patient, "hpv_logit": logit, "hpv_pred": int(logit > 0),
+                "seg_source": "out-of-fold" if unseen else "in-sample",
+                "hpv_source": "out-of-fold" if patient in oof_logit else "ensemble",
+            })  # fmt: skip
+        pd.DataFrame(rows).to_csv(tmp / "inputs.csv", index=False)
+        (tmp / "key.txt").write_text(key)
+    frame = pd.DataFrame(rows)
+    log.info("Task 2 inputs: masks %s; HPV %s", frame["seg_source"].value_counts().to_dict(),
+             frame["hpv_source"].value_counts().to_dict())  # fmt: skip
+    return out
