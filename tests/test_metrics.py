@@ -161,3 +161,10 @@ def test_auc_matches_sklearn_with_ties():
     s = rng.integers(0, 5, 80).astype(float)
     assert metrics.auc(y, s) == pytest.approx(roc_auc_score(y, s))
     assert np.isnan(metrics.auc(np.ones(3), np.arange(3.0)))
+
+
+def test_winner():
+    assert metrics.winner(0.7, 0.6) == "network"
+    assert metrics.winner(0.6, 0.7) == "baseline"
+    assert metrics.winner(0.5, 0.5) == "tie"
+    assert metrics.winner(float("nan"), 0.5) == "n/a"

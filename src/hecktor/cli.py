@@ -103,6 +103,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.training.workflow import train
 
     summary = train(cfg, args.task, track=not args.no_track)
+    if os.environ.get("RANK", "0") != "0":
+        return
     for variant, values in summary["mean"].items():
         log.info(
             "%s %s (mean over folds): %s",

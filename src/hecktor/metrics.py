@@ -178,3 +178,10 @@ def auc(truth: np.ndarray, score: np.ndarray) -> float:
         return float("nan")
     greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     return float(greater / (pos.size * neg.size))
+
+
+def winner(network: float, baseline: float) -> str:
+    """Which of two scores (higher is better) wins: ``network``, ``baseline`` or ``tie``."""
+    if network != network or baseline != baseline:
+        return "n/a"
+    return "tie" if network == baseline else "network" if network > baseline else "baseline"

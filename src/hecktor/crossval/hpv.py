@@ -263,8 +263,9 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     headline = "test_ensemble" if "test_ensemble" in net else "cv"
     winner = {}
     for key in dict.fromkeys(("cv", headline)):
-        better = net[key]["balanced_accuracy"] > base[key]["balanced_accuracy"]
-        winner[f"{key}_balanced_accuracy"] = "network" if better else "baseline"
+        winner[f"{key}_balanced_accuracy"] = metrics.winner(
+            net[key]["balanced_accuracy"], base[key]["balanced_accuracy"]
+        )
     kfold = oof[oof["kind"] == "kfold"]
     net["confusion_cv"] = _confusion(task.labels(kfold["PatientID"]), kfold["logit"].to_numpy() > 0)
     if len(tested):

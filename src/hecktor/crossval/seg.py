@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hecktor import baselines, evaluation, io, reports, tracking
+from hecktor import baselines, evaluation, io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data import layout
 from hecktor.data.preprocess import Geometry, load_case, to_original_grid
@@ -103,8 +103,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
         "n_patients": scores[network]["n_patients"],
         "variants": {v: {k: scores[v][k] for k in SEG_METRICS} for v in scores},
         "winner": {
-            k: "network" if scores[network][k] > scores["baseline"][k] else "baseline"
-            for k in SEG_METRICS
+            k: metrics.winner(scores[network][k], scores["baseline"][k]) for k in SEG_METRICS
         },
         "per_centre": scores[network]["per_centre"],
         "baseline_per_centre": scores["baseline"]["per_centre"],

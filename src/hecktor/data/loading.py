@@ -154,9 +154,10 @@ class Unwrap:
 class BalancedBatchSampler(Sampler[list[int]]):
     """Batches with a fixed number of positives and negatives; the minority class is oversampled.
 
-    Each epoch the majority class is seen once in a random order; the minority class is drawn in
-    shuffled passes, as often as needed. With the paper's settings (batch 4, 2 positives) every batch
-    holds two HPV-positive and two HPV-negative patients.
+    An epoch has as many batches as plain batching would (patients / batch size); each class is
+    drawn in shuffled passes, so the minority class is oversampled and the majority class cycles
+    through across epochs. With the paper's settings (batch 4, 2 positives) every batch holds two
+    HPV-positive and two HPV-negative patients.
     """
 
     yields_batches = True
@@ -174,10 +175,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.seed = seed
 
     def __len__(self) -> int:
-        return max(
-            math.ceil(len(self.pos) / self.per_batch[1]),
-            math.ceil(len(self.neg) / self.per_batch[0]),
-        )
+        return math.ceil((len(self.pos) + len(self.neg)) / sum(self.per_batch.values()))
 
     def _stream(self, items: list[int], rng: np.random.Generator):
         while True:

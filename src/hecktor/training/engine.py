@@ -184,12 +184,17 @@ class _Loop:
         )
 
     def train_epoch(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, epoch: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dataset: Dataset,
+        epoch: int,
+        label: str = "epoch",
     ) -> float:
         """One pass over the data; returns the mean loss (averaged over ranks)."""
         model.train()
         total = torch.zeros(2, dtype=torch.float64)
-        bar = tqdm(self.loader(dataset, epoch), desc=f"{self.task.name} epoch {epoch}", leave=False,
+        bar = tqdm(self.loader(dataset, epoch), desc=f"{self.task.name} {label}", leave=False,
                    disable=self.rank != 0, unit="batch")  # fmt: skip
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
@@ -269,7 +274,8 @@ def fit(
             start = int(state["epoch"]) + 1
             best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
             best_metrics, history = dict(state["best_metrics"]), list(state["history"])
-            log.info("%s: resuming %s after epoch %d", task.name, out, start - 1)
+            if loop.rank == 0:
+                log.info("%s: resuming %s after epoch %d", task.name, out, start - 1)
         else:
             log.warning("%s: %s was written under another config; starting afresh", task.name, last)
     wrapped = _wrap(model, loop)
@@ -277,7 +283,7 @@ def fit(
     for epoch in range(start, cfg.epochs + 1):
         record: dict[str, float] = {
             "epoch": epoch,
-            "train_loss": loop.train_epoch(wrapped, optimizer, dataset, epoch),
+            "train_loss": loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}"),
         }
         if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
             model.eval()
@@ -365,7 +371,7 @@ def swa(
     dataset = task.train_dataset(train_ids)
     offset = 10_000  # SWA epochs draw other random streams than training epochs
     for epoch in range(start, cfg.swa_epochs + 1):
-        loss = loop.train_epoch(wrapped, optimizer, dataset, offset + epoch)
+        loss = loop.train_epoch(wrapped, optimizer, dataset, offset + epoch, f"swa epoch {epoch}")
         averaged.update_parameters(model)
         scheduler.step()
         if loop.rank == 0:

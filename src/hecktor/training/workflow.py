@@ -55,11 +55,25 @@ def data_fingerprint(prepared: Path | str) -> str:
     return digest.hexdigest()[:12]
 
 
+def code_fingerprint() -> str:
+    """A hash of the package's source: a checkpoint written by other code is not resumed."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# Settings read only when trained models are scored: changing them must not retrain.
+EVALUATION_ONLY = {"seg": {"min_lesion_mm3", "baseline_suv", "figure_cases"}, "rfs": {"bootstrap"}}
+
+
 def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], data: str) -> str:
-    """What a checkpoint must match to be resumed: task config, data and the fold's patients."""
+    """What a checkpoint must match to be resumed: task config, data, code and the fold's patients."""
+    settings = getattr(cfg, task).model_dump(mode="json", exclude=EVALUATION_ONLY.get(task, set()))
     blob = json.dumps(
-        {"task": getattr(cfg, task).model_dump(mode="json"), "data": data, "fold": fold},
-        sort_keys=True,
+        {"task": settings, "data": data, "fold": fold, "code": code_fingerprint()}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -106,7 +120,8 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
             name, train_ids, val_ids = fold
             fold_dir = out_root / name
             key = fold_hash(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
-            run_file = fold_dir / "mlflow_run.json"
+            # MLflow run ids live beside the store, not in the DVC-tracked model folder
+            run_file = Path(cfg.paths.mlruns) / "resume" / task / f"{name}.json"
             previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
             resume_id = previous.get("run_id") if previous.get("key") == key else None
             with tracking.run(
@@ -114,7 +129,8 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
             ) as child:
                 if rank == 0:
                     fold_dir.mkdir(parents=True, exist_ok=True)
-                    io.write_json(run_file, {"run_id": child.run_id, "key": key})
+                    if child.run_id:
+                        io.write_json(run_file, {"run_id": child.run_id, "key": key})
                 child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
                 result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
                 swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
