@@ -18,6 +18,7 @@ from hecktor.config import Config, ConfigError, load_config, override
 from hecktor.data.layout import InputError
 
 log = logging.getLogger("hecktor")
+TASK_HELP = {"seg": "Task 1", "hpv": "Task 3", "rfs": "Task 2"}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -200,30 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--out", required=True, help="metrics JSON to write")
         t.set_defaults(func=_evaluate)
 
-    p = verbs.add_parser("train", parents=[common], help="train a task's models on its split (then SWA)",
-                         description="Train on every fold of the task's split, refine by SWA, track in MLflow. "
-                         "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP.")  # fmt: skip
-    p.add_argument(
-        "task", choices=["seg", "hpv", "rfs"], help="seg: Task 1; hpv: Task 3; rfs: Task 2"
-    )
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_train)
-
-    p = verbs.add_parser("crossval", parents=[common], help="score trained models on held-out patients",
-                         description="Predict every fold's validation patients onto their CT grids, score them "
-                         "with the challenge metrics and compare with the baseline.")  # fmt: skip
-    p.add_argument(
-        "task", choices=["seg", "hpv", "rfs"], help="seg: Task 1; hpv: Task 3; rfs: Task 2"
-    )
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_crossval)
-
-    p = verbs.add_parser("ablate", parents=[common], help="clinical-variable ablation (the paper's Table 3)",
-                         description="Set each clinical variable, then all, to unknown at inference and "
-                         "report balanced accuracy per configuration.")  # fmt: skip
-    p.add_argument("task", choices=["hpv"], help="hpv: Task 3")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_ablate)
+    task_verbs = (
+        ("train", _train, TASK_HELP, "train a task's models on its split (then SWA)",
+         "Train on every fold of the task's split, refine by SWA, track in MLflow. "
+         "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP."),
+        ("crossval", _crossval, TASK_HELP, "score trained models on held-out patients beside baselines",
+         "Score every fold's validation patients and the test set with the challenge metrics, "
+         "beside the task's baseline and the oracle."),
+        ("ablate", _ablate, {"hpv": "Task 3"}, "clinical-variable ablation (the paper's Table 3)",
+         "Set each clinical variable, then all, to unknown at inference; balanced accuracy of each."),
+    )  # fmt: skip
+    for name, func, tasks, summary, description in task_verbs:
+        p = verbs.add_parser(name, parents=[common], help=summary, description=description)
+        p.add_argument(
+            "task", choices=list(tasks), help="; ".join(f"{k}: {v}" for k, v in tasks.items())
+        )
+        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        p.set_defaults(func=func)
 
     p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
                          description="Serve the MLflow UI for the project's store (loopback unless told otherwise).")  # fmt: skip

@@ -32,7 +32,7 @@ from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
 from hecktor.data.splits import load_splits
 from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
 from hecktor.training.tasks import HPVTask
-from hecktor.training.workflow import folds_of
+from hecktor.training.workflow import folds_of, task_folds
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,10 @@ def _scores(truth: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
-def _folds(cfg: Config) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
-    splits = load_splits(cfg.paths.splits)
-    folds = [(n, "kfold", t, v) for n, t, v in folds_of(splits, "hpv", "kfold", cfg.hpv.folds)]
-    if cfg.hpv.split == "loco":
-        folds = [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco", cfg.hpv.folds)]
-    elif cfg.hpv.loco:
-        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco")]
-    return folds, list(splits["task3"].get("test", []))
-
-
 def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
     """Every trained fold model (SWA if present, else best) with its clinical encoder."""
     device = resolve_device(cfg.hpv.train.device)
-    folds, _ = _folds(cfg)
+    folds, _ = task_folds(cfg, "hpv")
     task.init = None  # fold weights replace the Task 1 start anyway
     out = []
     for name, kind, train_ids, val_ids in folds:
@@ -94,7 +84,7 @@ def logits_of(
     """Out-of-fold logits (one row per validation patient) and test logits (every fold x patient)."""
     device = resolve_device(cfg.hpv.train.device)
     autocast = autocast_for(precision_for(cfg.hpv.train.precision, device), device)
-    _, test = _folds(cfg)
+    _, test = task_folds(cfg, "hpv")
     oof, tested = [], []
     for fold in models:
         task.load_state({"encoder": fold.encoder})
@@ -248,7 +238,7 @@ def _confusion(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
 def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     """Score Task 3 and its baseline; writes ``metrics/hpv.json``, ROC/confusion plots and a report."""
     task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
-    folds, test = _folds(cfg)
+    folds, test = task_folds(cfg, "hpv")
     models = load_models(cfg, task)
     oof, tested = logits_of(cfg, task, models)
     net = summarise(task, oof, tested)
@@ -382,7 +372,7 @@ ABLATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 def ablate_hpv(cfg: Config, track: bool = True) -> dict:
     """The paper's Table 3: each clinical variable (and all four) set to unknown at inference."""
     task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
-    folds, test = _folds(cfg)
+    folds, test = task_folds(cfg, "hpv")
     models = load_models(cfg, task)
     rows = []
     for name, unknown in ABLATIONS:

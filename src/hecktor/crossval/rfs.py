@@ -33,7 +33,7 @@ from hecktor.data.splits import load_splits
 from hecktor.inference.derived import derive_rfs_inputs
 from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
 from hecktor.training.tasks import RFSTask
-from hecktor.training.workflow import folds_of
+from hecktor.training.workflow import folds_of, task_folds
 
 log = logging.getLogger(__name__)
 IMAGE_FEATURES = ("primary_cc", "suv_max", "mtv_cc", "tlg", "nodes")
@@ -74,21 +74,11 @@ def image_features(task: RFSTask, patient: str) -> dict[str, float]:
     }
 
 
-def _folds(cfg: Config) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
-    splits = load_splits(cfg.paths.splits)
-    folds = [(n, "kfold", t, v) for n, t, v in folds_of(splits, "rfs", "kfold", cfg.rfs.folds)]
-    if cfg.rfs.split == "loco":
-        folds = [(n, "loco", t, v) for n, t, v in folds_of(splits, "rfs", "loco", cfg.rfs.folds)]
-    elif cfg.rfs.loco:
-        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "rfs", "loco")]
-    return folds, list(splits["task2"].get("test", []))
-
-
 def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Standardised out-of-fold and test risks of one training mode's fold models."""
     device = resolve_device(cfg.rfs.train.device)
     autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
-    folds, test = _folds(cfg)
+    folds, test = task_folds(cfg, "rfs")
     oof, tested = [], []
     for name, kind, train_ids, val_ids in folds:
         folder = Path(cfg.paths.models) / "rfs" / f"{mode}-{name}"
@@ -217,7 +207,7 @@ def km_figure(task: RFSTask, patients, risk, title: str):
 def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     """Score Task 2 (both training modes), its baselines and the oracle; writes metrics, KM, report."""
     task = RFSTask(cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg))
-    folds, test = _folds(cfg)
+    folds, test = task_folds(cfg, "rfs")
     result: dict = {
         "network": {},
         "inputs": task.inputs[["seg_source", "hpv_source"]]

@@ -46,6 +46,23 @@ def folds_of(
     return folds
 
 
+def task_folds(
+    cfg: Config, task: str
+) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
+    """(name, kind, train, val) of every fold a task trains, and its test patients.
+
+    ``kind`` is ``kfold``/``holdout`` or ``loco``; the leave-one-centre-out folds come beside the
+    configured split when the task's ``loco`` flag is set.
+    """
+    task_cfg = getattr(cfg, task)
+    splits = load_splits(cfg.paths.splits)
+    kind = "loco" if task_cfg.split == "loco" else task_cfg.split
+    folds = [(n, kind, t, v) for n, t, v in folds_of(splits, task, task_cfg.split, task_cfg.folds)]
+    if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
+        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, task, "loco")]
+    return folds, list(splits[TASK_SPLIT_KEY[task]].get("test", []))
+
+
 def data_fingerprint(prepared: Path | str) -> str:
     """A hash of every prepared case's metadata: changes whenever the prepared data do."""
     digest = hashlib.sha256()
@@ -81,10 +98,7 @@ def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], da
 def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
     """Train ``task`` on its configured split; returns the summary written to ``summary.json``."""
     task_cfg = getattr(cfg, task)
-    splits = load_splits(cfg.paths.splits)
-    base_folds = folds_of(splits, task, task_cfg.split, task_cfg.folds)
-    if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
-        base_folds += folds_of(splits, task, "loco")
+    base_folds = [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
     # Task 2 trains one set of folds per input mode (true or predicted masks and HPV)
     modes = [f"{m}-" for m in task_cfg.modes] if task == "rfs" else [""]
     runners = {prefix: build_task(cfg, task, prefix.rstrip("-") or None) for prefix in modes}
