@@ -54,13 +54,15 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert "up to date" in second.stdout
 
 
-def test_changing_a_split_parameter_reruns_split_and_downstream_only(project):
+def test_a_scoring_setting_reruns_downstream_stages_without_retraining(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["profiles"]["tiny"]["split"]["seed"] = 99
+    params["profiles"]["tiny"]["seg"]["baseline_suv"] = 3.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = _run(["dvc", "repro"], project)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "Running stage 'split'" in again.stdout
-    assert "Running stage 'train_seg'" in again.stdout
-    assert "Running stage 'prepare'" not in again.stdout
-    assert "Running stage 'synth'" not in again.stdout
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    assert "Running stage 'evaluate_seg'" in output
+    for upstream in ("synth", "prepare", "split"):
+        assert f"Running stage '{upstream}'" not in output
+    assert "resuming" in output and "starting afresh" not in output, output  # checkpoints reused
+    assert "seg epoch 1/" not in output

@@ -361,6 +361,10 @@ def swa(
     key = f"{config_hash}:{best['epoch']}"
     if last.is_file():
         state = load_checkpoint(last, loop.device)
+        done = out / "swa.pt"
+        if state.get("key") == key and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():
+            # finished before: leave swa.pt untouched (later tasks key on its bytes)
+            return dict(load_checkpoint(done, loop.device).get("metrics", {}))
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             averaged.load_state_dict(state["averaged"])
