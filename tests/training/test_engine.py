@@ -169,3 +169,11 @@ def test_two_process_ddp_trains_the_same_model_on_both_ranks(project_cfg, tmp_pa
     assert engine.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
     start = torch.load(out / "rank0.pt", weights_only=True)
     assert any(v.float().abs().sum() > 0 for v in start.values())
+
+
+def test_equal_checkpoints_are_equal_bytes(tmp_path):
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    engine.save_checkpoint(tmp_path / "a.pt", state)
+    engine.save_checkpoint(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(engine.load_checkpoint(tmp_path / "a.pt")["model"]["w"], state["model"]["w"])

@@ -130,9 +130,13 @@ def autocast_for(precision: str, device: torch.device) -> Autocast:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save`` of tensors and plain values only."""
-    with io.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Atomic ``torch.save`` of tensors and plain values only.
+
+    Saved through a file handle: given a path, torch names the archive's inner folder after the
+    (random) temporary file, and equal weights would not give equal bytes for DVC to recognise.
+    """
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
