@@ -30,7 +30,7 @@ from hecktor import io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
 from hecktor.data.splits import load_splits
-from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.engine import autocast_for, load_trained, precision_for, resolve_device
 from hecktor.training.tasks import HPVTask
 from hecktor.training.workflow import folds_of, task_folds
 
@@ -64,17 +64,8 @@ def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
     task.init = None  # fold weights replace the Task 1 start anyway
     out = []
     for name, kind, train_ids, val_ids in folds:
-        folder = Path(cfg.paths.models) / "hpv" / name
-        path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no trained model in {folder}: run `hecktor train hpv` first")
-        state = load_checkpoint(path, device)
-        task.load_state(state["task"])
-        model = task.build_model().to(device)
-        model.load_state_dict(state["model"])
-        out.append(
-            FoldModel(name, kind, train_ids, val_ids, model.eval(), state["task"]["encoder"])
-        )
+        model, state = load_trained(task, Path(cfg.paths.models) / "hpv" / name, device)
+        out.append(FoldModel(name, kind, train_ids, val_ids, model, state["task"]["encoder"]))
     return out
 
 

@@ -31,7 +31,7 @@ from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
 from hecktor.data.preprocess import load_case
 from hecktor.data.splits import load_splits
 from hecktor.inference.derived import derive_rfs_inputs
-from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.engine import autocast_for, load_trained, precision_for, resolve_device
 from hecktor.training.tasks import RFSTask
 from hecktor.training.workflow import folds_of, task_folds
 
@@ -81,15 +81,7 @@ def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, 
     folds, test = task_folds(cfg, "rfs")
     oof, tested = [], []
     for name, kind, train_ids, val_ids in folds:
-        folder = Path(cfg.paths.models) / "rfs" / f"{mode}-{name}"
-        path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no trained model in {folder}: run `hecktor train rfs` first")
-        state = load_checkpoint(path, device)
-        task.load_state(state["task"])
-        model = task.build_model().to(device)
-        model.load_state_dict(state["model"])
-        model.eval()
+        model, _ = load_trained(task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", device)
         reference = task.risks(model, train_ids, device, autocast)
         mean, std = reference.mean(), reference.std() if reference.std() > 0 else 1.0
 

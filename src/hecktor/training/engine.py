@@ -144,6 +144,24 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def load_trained(
+    task: Task, folder: Path | str, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fold's trained model (SWA if present, else best) in eval mode, with its checkpoint."""
+    folder = Path(folder)
+    path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no trained model in {folder}: run `hecktor train {task.name}` first"
+        )
+    state = load_checkpoint(path, device)
+    if state.get("task") and hasattr(task, "load_state"):
+        task.load_state(state["task"])
+    model = task.build_model().to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
