@@ -75,3 +75,13 @@ def test_bad_params_exit_non_zero_with_the_key_named(tmp_path, caplog):
     bad.write_text("split:\n  folds: 1\n")
     assert main(["split", "--params", str(bad)]) == 2
     assert "split.folds" in caplog.text
+
+
+def test_common_options_count_before_and_after_the_verb():
+    parser = build_parser()
+    before = parser.parse_args(["--params", "a.yaml", "--profile", "tiny", "train", "seg"])
+    after = parser.parse_args(["train", "seg", "--params", "a.yaml", "-v"])
+    neither = parser.parse_args(["train", "seg"])
+    assert (before.params, before.profile) == ("a.yaml", "tiny")
+    assert (after.params, after.verbose) == ("a.yaml", True)
+    assert (neither.params, neither.profile, neither.verbose) == ("params.yaml", None, False)

@@ -63,3 +63,30 @@ def test_digest_is_stable_and_sensitive():
     a, b = Config(), Config()
     assert a.digest() == b.digest()
     assert resolve({"split": {"folds": 4}}).digest() != a.digest()
+
+
+def test_search_space_keys_must_exist_in_the_task_section():
+    with pytest.raises(ConfigError, match=r"tune\.seg\.space: unknown key 'train\.lrr'"):
+        resolve({"tune": {"seg": {"space": {"train.lrr": {"low": 1e-4, "high": 1e-3}}}}})
+    with pytest.raises(ConfigError, match="low < high"):
+        resolve({"tune": {"hpv": {"space": {"dropout": {"low": 0.5, "high": 0.1}}}}})
+    with pytest.raises(ConfigError, match="choices"):
+        resolve({"tune": {"rfs": {"space": {"mlp_width": {"kind": "categorical"}}}}})
+
+
+def test_tuned_values_are_set_over_the_params(tmp_path):
+    from hecktor.config import apply_tuned, override
+
+    cfg = Config()
+    cfg = cfg.model_copy(update={"paths": override(cfg.paths, tuned=tmp_path)})
+    assert apply_tuned(cfg) == cfg  # no tuned files: the params as written
+    (tmp_path / "seg.yaml").write_text(
+        "task: seg\nstudy: s\ntrial: 3\nvalues:\n  train.lr: 0.002\n  augment.rotate_deg: 5.0\n"
+    )
+    tuned = apply_tuned(cfg)
+    assert tuned.seg.train.lr == 0.002 and tuned.seg.augment.rotate_deg == 5.0
+    assert tuned.seg.train.epochs == cfg.seg.train.epochs and tuned.hpv == cfg.hpv
+    assert apply_tuned(cfg, skip=("seg",)) == cfg
+    (tmp_path / "hpv.yaml").write_text("values:\n  dropout_rate: 0.3\n")
+    with pytest.raises(ConfigError, match=r"hpv\.yaml: unknown key 'dropout_rate'"):
+        apply_tuned(cfg)

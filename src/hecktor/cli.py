@@ -14,22 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hecktor import __version__, io
-from hecktor.config import Config, ConfigError, load_config, override
+from hecktor.config import Config, ConfigError, apply_tuned, load_config, override
 from hecktor.data.layout import InputError
 
 log = logging.getLogger("hecktor")
 TASK_HELP = {"seg": "Task 1", "hpv": "Task 3", "rfs": "Task 2"}
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(defaults: bool = True) -> argparse.ArgumentParser:
+    """Options accepted before and after the verb; only the top level sets their defaults, so a
+    value given before the verb is not reset by the verb's parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--params", default="params.yaml", help="params file (default: params.yaml)"
-    )
-    common.add_argument(
-        "--profile", choices=["tiny", "demo", "paper"], help="scale profile (default: from params)"
-    )
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    keep = {} if defaults else {"default": argparse.SUPPRESS}
+    common.add_argument("--params", help="params file (default: params.yaml)",
+                        **({"default": "params.yaml"} | keep))  # fmt: skip
+    common.add_argument("--profile", choices=["tiny", "demo", "paper"],
+                        help="scale profile (default: from params)", **keep)  # fmt: skip
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging", **keep)
     return common
 
 
@@ -125,6 +126,20 @@ def _crossval(args: argparse.Namespace, cfg: Config) -> None:
     run(cfg, track=not args.no_track)
 
 
+def _tune(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.tuning import tune
+
+    if args.storage:
+        cfg = cfg.model_copy(update={"tune": override(cfg.tune, storage=args.storage)})
+    tune(cfg, args.task, track=not args.no_track, trials=args.trials)
+
+
+def _derive(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.inference.derived import derive_rfs_inputs
+
+    log.info("Task 2 inputs written to %s", derive_rfs_inputs(cfg))
+
+
 def _ablate(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.crossval.hpv import ablate_hpv
 
@@ -140,12 +155,12 @@ def _ui(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
     parser = argparse.ArgumentParser(
         prog="hecktor",
         description="PET/CT head-and-neck cancer pipeline: segmentation, survival, HPV status.",
-        parents=[common],
+        parents=[_common()],
     )
+    common = _common(defaults=False)
     parser.add_argument("--version", action="version", version=f"hecktor {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -210,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
          "beside the task's baseline and the oracle."),
         ("ablate", _ablate, {"hpv": "Task 3"}, "clinical-variable ablation (the paper's Table 3)",
          "Set each clinical variable, then all, to unknown at inference; balanced accuracy of each."),
+        ("tune", _tune, TASK_HELP, "tune a task's hyperparameters with Optuna across folds",
+         "Run or continue the task's Optuna study (search space: tune.<task> in params.yaml) and "
+         "write the best values to tuned/<task>.yaml, which training reads. Start several at once "
+         "on one storage to tune in parallel."),
+        ("derive", _derive, {"rfs": "Task 2"}, "Task 2's inputs from the Task 1 and 3 models",
+         "Predicted masks (Task 1) and HPV status (Task 3) for every Task 2 patient, out of fold "
+         "wherever the splits allow."),
     )  # fmt: skip
     for name, func, tasks, summary, description in task_verbs:
         p = verbs.add_parser(name, parents=[common], help=summary, description=description)
@@ -217,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
             "task", choices=list(tasks), help="; ".join(f"{k}: {v}" for k, v in tasks.items())
         )
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        if name == "tune":
+            p.add_argument("--storage", help="Optuna storage URL (default: tune.storage, else "
+                           "a journal file under paths.studies)")  # fmt: skip
+            p.add_argument("--trials", type=int, help="trials in all (default: tune.<task>.trials)")
         p.set_defaults(func=func)
 
     p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
@@ -240,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if Path(args.params).is_file() or args.params != "params.yaml"
             else Config()
         )
+        # tuned values apply everywhere, except to the study that is choosing them
+        cfg = apply_tuned(cfg, skip=(args.task,) if args.verb == "tune" else ())
         args.func(args, cfg)
     except (InputError, ConfigError, ValueError) as err:
         log.error("%s", err)

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Profile = Literal["tiny", "demo", "paper"]
+TUNABLE = ("seg", "hpv", "rfs")
 Triple = tuple[float, float, float]
 
 
@@ -41,6 +49,8 @@ class Paths(_Section):
     plots: Path = Path("plots")
     reports: Path = Path("reports")
     mlruns: Path = Path("mlruns")
+    studies: Path = Path("studies")  # Optuna journal and the checkpoints of running trials
+    tuned: Path = Path("tuned")  # tuned values per task, read by training and scoring
 
 
 class SynthConfig(_Section):
@@ -171,6 +181,56 @@ class RfsConfig(_Section):
     )
 
 
+class SearchDim(_Section):
+    """One dimension of a search space: a float or int range (``log`` for a log scale) or choices."""
+
+    kind: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[bool | int | float | str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDim:
+        if self.kind == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs choices")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"needs low < high, got low={self.low} high={self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale dimension needs low > 0")
+        return self
+
+
+class TuneTask(_Section):
+    """One task's Optuna study: its size, the trials' shortened training, and the search space.
+
+    ``space`` maps dotted keys of the task's section (``train.lr``, ``dropout``, ``augment.scale``
+    ...) to a :class:`SearchDim`. ``trials: 0`` skips tuning: training uses the params as written.
+    """
+
+    trials: int = Field(20, ge=0)
+    folds: tuple[int, ...] | None = None  # folds each trial trains (None: all of the task's split)
+    epochs: int | None = Field(None, ge=1)  # epochs per trial (None: the task's train.epochs)
+    swa_epochs: int | None = Field(None, ge=0)
+    val_every: int | None = Field(None, ge=1)
+    pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon"
+    p_threshold: float = Field(0.1, gt=0, lt=1)  # Wilcoxon: prune when worse than the best at p
+    seed: int = 2025
+    space: dict[str, SearchDim] = Field(default_factory=dict)
+
+
+class TuneConfig(_Section):
+    """Optuna storage and the study of each task."""
+
+    storage: str | None = None  # an Optuna storage URL; None: a journal file under paths.studies
+    keep_checkpoints: bool = False  # keep every finished trial's checkpoints (disk-hungry)
+    seg: TuneTask = TuneTask()
+    hpv: TuneTask = TuneTask()
+    rfs: TuneTask = TuneTask()
+
+
 class Config(_Section):
     """The resolved configuration of one pipeline run."""
 
@@ -182,6 +242,17 @@ class Config(_Section):
     seg: SegConfig = SegConfig()
     hpv: HpvConfig = HpvConfig()
     rfs: RfsConfig = RfsConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _space_keys_exist(self) -> Config:
+        for task in TUNABLE:
+            for key in getattr(self.tune, task).space:
+                try:
+                    with_values(getattr(self, task), {key: None})
+                except ConfigError as err:
+                    raise ValueError(f"tune.{task}.space: {err}") from None
+        return self
 
     def digest(self) -> str:
         """Short stable hash of the resolved config, logged beside each run."""
@@ -242,3 +313,57 @@ def load_config(path: Path | str = "params.yaml", profile: str | None = None) ->
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return resolve(raw, profile)
+
+
+def with_values(section: S, values: dict[str, Any]) -> S:
+    """A copy of ``section`` with dotted keys set (``{"train.lr": 1e-3}``), validated.
+
+    A ``None`` value only checks that the key exists. An unknown key fails with its name.
+    """
+    data = section.model_dump()
+    for key, value in values.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown key {key!r}")
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], dict):
+            raise ConfigError(f"unknown key {key!r}")
+        if value is not None:
+            node[leaf] = value
+    try:
+        return type(section).model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid tuned values {values}: {err}") from None
+
+
+def tuned_file(cfg: Config, task: str) -> Path:
+    return Path(cfg.paths.tuned) / f"{task}.yaml"
+
+
+def read_tuned(cfg: Config, task: str) -> dict[str, Any] | None:
+    """The tuned-values file of ``task`` (written by ``hecktor tune``), or None if there is none."""
+    path = tuned_file(cfg, task)
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("values", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with 'values'")
+    return data
+
+
+def apply_tuned(cfg: Config, skip: tuple[str, ...] = ()) -> Config:
+    """``cfg`` with each task's tuned values (``paths.tuned/<task>.yaml``) set over its params."""
+    updates = {}
+    for task in TUNABLE:
+        tuned = None if task in skip else read_tuned(cfg, task)
+        if tuned and tuned.get("values"):
+            try:
+                updates[task] = with_values(getattr(cfg, task), tuned["values"])
+            except ConfigError as err:
+                raise ConfigError(f"{tuned_file(cfg, task)}: {err}") from None
+    return cfg.model_copy(update=updates) if updates else cfg

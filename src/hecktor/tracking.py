@@ -37,15 +37,21 @@ def experiment(name: str, mlruns: Path | str) -> str:
 
     # Decide before set_tracking_uri: MLflow exports the URI it is given to the environment.
     local = not os.environ.get(ENV) or os.environ[ENV] == tracking_uri(mlruns)
+    guard: contextlib.AbstractContextManager = contextlib.nullcontext()
     if local:
+        from filelock import FileLock
+
         Path(mlruns).mkdir(parents=True, exist_ok=True)
+        # processes starting together (Optuna workers) must not create the database twice
+        guard = FileLock(str(Path(mlruns) / "store.lock"))
     mlflow.set_tracking_uri(tracking_uri(mlruns))
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(
-        name, artifact_location=artifact_location(mlruns) if local else None
-    )
+    with guard:
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return mlflow.create_experiment(
+            name, artifact_location=artifact_location(mlruns) if local else None
+        )
 
 
 def git_commit(root: Path | str = ".") -> str:

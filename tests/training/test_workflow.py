@@ -128,7 +128,7 @@ def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
 
     rfs = train(cfg, "rfs")
     assert {name.split("-", 1)[0] for name in rfs["folds"]} == {"gt", "pred"}
-    inputs = cfg.paths.models / "rfs" / "inputs"
+    inputs = cfg.paths.models / "rfs_inputs"
     frame = __import__("pandas").read_csv(inputs / "inputs.csv")
     assert set(frame["hpv_source"]) <= {"out-of-fold", "ensemble"}
     assert len(list((inputs / "masks").glob("*.npy"))) == len(frame)

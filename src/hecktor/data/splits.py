@@ -113,6 +113,13 @@ def make_splits(prepared: Path | str, cfg: SplitConfig) -> dict:
         entry: dict = {"patients": len(patients)}
         if task == 1 and len(patients) >= 2:
             entry["holdout"] = holdout(patients, centres, labels, cfg.holdout_fraction, cfg.seed)
+            # tuning validates inside the hold-out's training patients: the hold-out stays unseen
+            inner = [i for i, p in enumerate(patients) if p in set(entry["holdout"]["train"])]
+            if len(inner) >= 2:
+                entry["tuning"] = holdout(
+                    [patients[i] for i in inner], [centres[i] for i in inner],
+                    [labels[i] for i in inner], cfg.holdout_fraction, cfg.seed,
+                )  # fmt: skip
         if task in (2, 3) and cfg.test_fraction > 0 and len(patients) >= 2:
             # a test set no fold trains on: where fold ensembles and single folds are compared
             entry["test"] = holdout(patients, centres, labels, cfg.test_fraction, cfg.seed)["val"]

@@ -7,7 +7,8 @@ from the Task 3 models, produced out of fold wherever the splits allow.
 * HPV: a patient in a Task 3 validation fold gets that fold model's logit; anyone else (the Task 3
   test set, patients outside Task 3) gets the fold ensemble's mean logit: never in-sample.
 
-Written once per set of models to ``<models>/rfs/inputs`` (masks on the prepared grid).
+Written once per set of models to ``<models>/rfs_inputs`` (masks on the prepared grid); the
+``derive`` stage makes them, so that tuning and training Task 2 share them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def derive_rfs_inputs(cfg: Config) -> Path:
     from hecktor.crossval.hpv import load_models, logits_of
     from hecktor.training.tasks import HPVTask, SegmentationTask
 
-    out = Path(cfg.paths.models) / "rfs" / "inputs"
+    out = Path(cfg.paths.models) / "rfs_inputs"
     seg_root = Path(cfg.paths.models) / "seg"
     seg_summary = json.loads((seg_root / "summary.json").read_text())
     seg_folds = []

@@ -7,16 +7,18 @@ MLflow run with one child run per fold, and writes ``models/<task>/<fold>/{best,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from hecktor import io, tracking
-from hecktor.config import Config
+from hecktor.config import Config, read_tuned
 from hecktor.data.splits import load_splits
 from hecktor.training.engine import distributed, fit, swa
 from hecktor.training.tasks import build_task
@@ -95,28 +97,56 @@ def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], da
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
-    """Train ``task`` on its configured split; returns the summary written to ``summary.json``."""
+def fold_score(fold: dict) -> float:
+    """A trained fold's validation score: after SWA when there was SWA, else the best epoch's."""
+    return float((fold["swa"] or fold["best"] or {}).get("score", float("nan")))
+
+
+def train(
+    cfg: Config,
+    task: str = "seg",
+    track: bool = True,
+    *,
+    out: Path | str | None = None,
+    parent: tracking.Tracker | None = None,
+    experiment: str = "",
+    on_fold: Callable[[int, str, float], None] | None = None,
+    folds: list[tuple[str, list[str], list[str]]] | None = None,
+) -> dict:
+    """Train ``task`` on its configured split; returns the summary written to ``summary.json``.
+
+    The training stage writes to ``models/<task>`` under a parent run of its own. An Optuna trial
+    passes ``out`` (its own folder), ``parent`` (the trial's run, in ``experiment``) and
+    ``on_fold``, called with each fold's index, name and score as soon as it is known: it may raise
+    to stop the remaining folds (a pruned trial), and may give its own ``folds``.
+    """
     task_cfg = getattr(cfg, task)
-    base_folds = [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
+    base_folds = folds or [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
     # Task 2 trains one set of folds per input mode (true or predicted masks and HPV)
     modes = [f"{m}-" for m in task_cfg.modes] if task == "rfs" else [""]
     runners = {prefix: build_task(cfg, task, prefix.rstrip("-") or None) for prefix in modes}
-    folds = [
+    runs = [
         (prefix, (f"{prefix}{name}", tr, va)) for prefix in modes for name, tr, va in base_folds
     ]
-    out_root = Path(cfg.paths.models) / task
+    out_root = Path(out) / task if out is not None else Path(cfg.paths.models) / task
+    resume_root = (
+        out_root / "resume" if out is not None else Path(cfg.paths.mlruns) / "resume" / task
+    )
     rank, _ = distributed()
     if rank == 0:
         out_root.mkdir(parents=True, exist_ok=True)
         for stale in out_root.iterdir():  # folds of an earlier split
-            if stale.is_dir() and stale.name not in {f[1][0] for f in folds} | {"inputs"}:
+            if stale.is_dir() and stale.name not in {f[1][0] for f in runs} | {"resume"}:
                 shutil.rmtree(stale)
     data = data_fingerprint(cfg.paths.prepared)
     fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
-    experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns) if enabled else ""
+    if enabled and not experiment:
+        experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns)
     tags = tracking.run_tags(cfg, task_cfg.split) if enabled else {}
+    tuned = read_tuned(cfg, task) if out is None else None
+    if tuned and tuned.get("values"):  # which study and trial chose these values
+        tags |= {f"tuned_{k}": str(tuned.get(k)) for k in ("study", "trial", "storage")}
     summary: dict = {
         "task": task,
         "split": task_cfg.split,
@@ -126,16 +156,21 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
         "modes": [m.rstrip("-") for m in modes if m],
     }
     history = []
-    with tracking.run(experiment, f"train_{task}", tags, enabled=enabled) as parent:
+    outer = (
+        contextlib.nullcontext(parent)
+        if parent is not None
+        else tracking.run(experiment, f"train_{task}", tags, enabled=enabled)
+    )
+    with outer as parent:
         parent.log_params(tracking.flatten({task: task_cfg.model_dump(mode="json")}))
         parent.log_dict(cfg.model_dump(mode="json"), "config.json")
-        for prefix, fold in folds:
+        for prefix, fold in runs:
             runner = runners[prefix]
             name, train_ids, val_ids = fold
             fold_dir = out_root / name
             key = fold_hash(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
             # MLflow run ids live beside the store, not in the DVC-tracked model folder
-            run_file = Path(cfg.paths.mlruns) / "resume" / task / f"{name}.json"
+            run_file = resume_root / f"{name}.json"
             previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
             resume_id = previous.get("run_id") if previous.get("key") == key else None
             with tracking.run(
@@ -160,6 +195,8 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
                 "best": result.best_metrics, "swa": swa_metrics,
             }  # fmt: skip
             history += [{"fold": name, **row} for row in result.history]
+            if on_fold is not None:
+                on_fold(len(summary["folds"]) - 1, name, fold_score(summary["folds"][name]))
         means = {}
         for prefix in modes:
             for variant in ("best", "swa"):
@@ -175,7 +212,7 @@ def train(cfg: Config, task: str = "seg", track: bool = True) -> dict:
         summary["mean"] = means
     if rank == 0:
         io.write_json(out_root / "summary.json", summary)
-        plots = Path(cfg.paths.plots) / task
+        plots = out_root if out is not None else Path(cfg.paths.plots) / task
         plots.mkdir(parents=True, exist_ok=True)
         io.write_text(plots / "history.csv", pd.DataFrame(history).to_csv(index=False))
     return summary

@@ -1,0 +1,413 @@
+"""Optuna studies, one per task: ``hecktor tune seg|hpv|rfs``.
+
+A trial samples values from ``tune.<task>.space``, trains the task with :func:`train` (the same
+function as the training stage) on ``tune.<task>.folds`` for ``tune.<task>.epochs``, and returns the
+mean of the folds' validation scores. Task 2 trials train on true masks and HPV status only (they
+are still validated on predicted ones). The best trial's values go to ``tuned/<task>.yaml``, which
+training and scoring read (:func:`hecktor.config.apply_tuned`).
+
+* **Pruner**: Wilcoxon signed-rank (``WilcoxonPruner``). Each fold's score is reported with the
+  fold as the step, and a trial stops once its folds are worse than the best trial's *on the same
+  folds* at ``p_threshold``. Folds differ in difficulty far more than trials do, so pairing folds is
+  what makes an early stop fair; median pruning (``pruner: median``) compares unpaired values. With
+  few folds the test cannot reach the threshold (3 folds: p >= 0.125), so small studies never prune.
+* **Storage**: a journal file (``studies/journal.log``) by default, safe for several worker
+  processes on one machine; ``tune.storage`` (or ``--storage``) takes any Optuna storage URL, e.g.
+  PostgreSQL for workers on several machines.
+* **Faults**: a trial that raises (a NaN loss included) is recorded FAILED and the study goes on. A
+  trial whose process died (kill, power loss) stays RUNNING in the storage; the next worker on that
+  machine marks it FAILED and enqueues its values again, and the retry resumes from the dead trial's
+  last checkpoint. Nothing found is ever deleted: the study's name is a hash of what it tunes (task
+  settings, search space, data and code, but not the trial count), so changing any of them starts a
+  new study beside the old ones, and raising ``trials`` continues the same one.
+* **MLflow** (experiment ``hecktor-tune-<task>``): the study is a parent run, each trial a child
+  and each fold of a trial a grandchild; the best trial's run is tagged ``best_trial=true``; the
+  optimisation history and parameter importances are artifacts of the study run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from hecktor import io, tracking
+from hecktor.config import (
+    Config,
+    ConfigError,
+    SearchDim,
+    TuneTask,
+    override,
+    tuned_file,
+    with_values,
+)
+from hecktor.data.splits import load_splits
+from hecktor.training.workflow import (
+    EVALUATION_ONLY,
+    code_fingerprint,
+    data_fingerprint,
+    task_folds,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def study_name(cfg: Config, task: str) -> str:
+    """``<task>-<profile>-<hash>``: the hash covers everything a trial's score depends on."""
+    spec = getattr(cfg.tune, task)
+    sections = {s: getattr(cfg, s).model_dump(mode="json") for s in ("prepare", "split", "seg")}
+    sections[task] = getattr(cfg, task).model_dump(
+        mode="json", exclude=EVALUATION_ONLY.get(task, set())
+    )
+    splits = Path(cfg.paths.splits)
+    blob = json.dumps(
+        {
+            "sections": sections,
+            "tune": spec.model_dump(mode="json", exclude={"trials"}),
+            "data": data_fingerprint(cfg.paths.prepared),
+            "splits": hashlib.sha256(splits.read_bytes()).hexdigest() if splits.is_file() else "",
+            "code": code_fingerprint(),
+        },
+        sort_keys=True,
+    )
+    return f"{task}-{cfg.profile}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def storage_of(cfg: Config) -> optuna.storages.BaseStorage | str:
+    """The configured storage URL, else a journal file under ``paths.studies``."""
+    if cfg.tune.storage:
+        return cfg.tune.storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(cfg.paths.studies) / "journal.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def storage_label(cfg: Config) -> str:
+    """The storage as written to files and tags: a URL without its password, or the journal path."""
+    if cfg.tune.storage:
+        return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", cfg.tune.storage)
+    return str(Path(cfg.paths.studies) / "journal.log")
+
+
+def sample(trial: Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
+    """One value per dimension of ``space``, keyed by its dotted name."""
+    values: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.kind == "categorical":
+            values[key] = trial.suggest_categorical(key, list(dim.choices or ()))
+        elif dim.kind == "int":
+            values[key] = trial.suggest_int(
+                key, int(dim.low or 0), int(dim.high or 0), step=int(dim.step or 1), log=dim.log
+            )
+        else:
+            values[key] = trial.suggest_float(
+                key, float(dim.low or 0), float(dim.high or 0), step=dim.step, log=dim.log
+            )
+    return values
+
+
+def trial_config(cfg: Config, task: str, values: dict[str, Any]) -> Config:
+    """The config a trial trains under: the sampled values, the study's folds and short training."""
+    spec: TuneTask = getattr(cfg.tune, task)
+    section = with_values(getattr(cfg, task), values)
+    short = override(
+        section.train, epochs=spec.epochs, swa_epochs=spec.swa_epochs, val_every=spec.val_every
+    )
+    update: dict[str, Any] = {"train": short, "folds": spec.folds}
+    if task != "seg":
+        update["loco"] = False
+    if task == "rfs":
+        update["modes"] = ("gt",)
+    return cfg.model_copy(update={task: section.model_copy(update=update)})
+
+
+def tuning_folds(cfg: Config, task: str) -> list[tuple[str, list[str], list[str]]]:
+    """The folds a trial trains: the task's folds (Tasks 2 and 3 keep their test set unseen).
+
+    Task 1 under the hold-out split validates on an inner hold-out of the hold-out's training
+    patients, so the hold-out that scores the final model never chooses its hyperparameters.
+    """
+    if task == "seg" and cfg.seg.split == "holdout":
+        inner = load_splits(cfg.paths.splits)["task1"].get("tuning")
+        if inner is None:
+            raise ConfigError(f"{cfg.paths.splits}: no Task 1 tuning split; rerun `hecktor split`")
+        return [("tuning", inner["train"], inner["val"])]
+    return [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
+
+
+def make_pruner(spec: TuneTask) -> optuna.pruners.BasePruner:
+    if spec.pruner == "wilcoxon":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.6
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=spec.p_threshold, n_startup_steps=2)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def _sampler(spec: TuneTask, number: int) -> optuna.samplers.BaseSampler:
+    # Seeded by the trial number, not once per worker: two workers of one study must not draw the
+    # same values, and one worker must draw the same values on every machine.
+    return optuna.samplers.TPESampler(seed=spec.seed + number)
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead workers on this machine and enqueue their values again."""
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        recovered.append(trial.number)
+        log.warning(
+            "trial %d of %s died with its worker: retrying it", trial.number, study.study_name
+        )
+    return recovered
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that use up the budget: finished or running, less the failures retried since."""
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(
+        t.state in (*FINISHED, TrialState.RUNNING) and t.number not in retried for t in trials
+    )
+
+
+def trial_key(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _run_trial(
+    cfg: Config,
+    task: str,
+    study: optuna.Study,
+    trial: Trial,
+    study_run: tracking.Tracker,
+    experiment: str,
+    track: bool,
+) -> float:
+    """Train one trial on its folds and return the mean fold score (raise to fail or prune)."""
+    spec: TuneTask = getattr(cfg.tune, task)
+    trial.set_user_attr("worker", _worker())
+    values = sample(trial, spec.space)
+    out = Path(cfg.paths.studies) / study.study_name / f"trial-{trial_key(values)}"
+    tags = tracking.run_tags(cfg, getattr(cfg, task).split) if track else {}
+    tags |= {"optuna_study": study.study_name, "optuna_trial": str(trial.number)}
+    scores: list[float] = []
+
+    def on_fold(index: int, name: str, score: float) -> None:
+        if not math.isfinite(score):
+            raise FloatingPointError(f"fold {name}: validation score {score}")
+        scores.append(score)
+        trial.report(score, step=index)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"stopped after fold {name} (score {score:.4f})")
+
+    pruned = None
+    with tracking.run(
+        experiment, f"trial-{trial.number}", tags, parent=study_run, enabled=track
+    ) as run:
+        trial.set_user_attr("mlflow_run_id", run.run_id or "")
+        run.log_params(values)
+        try:
+            trial_cfg = trial_config(cfg, task, values)
+            train(trial_cfg, task, track, out=out, parent=run, experiment=experiment,
+                  on_fold=on_fold, folds=tuning_folds(trial_cfg, task))  # fmt: skip
+        except optuna.TrialPruned as err:  # caught here, so the run ends FINISHED, tagged PRUNED
+            pruned = err
+            run.set_tags({"optuna_state": "PRUNED"})
+        except Exception as err:
+            run.set_tags({"optuna_state": "FAIL", "error": repr(err)[:500]})
+            trial.set_user_attr("error", repr(err)[:500])
+            _discard(cfg, out)
+            raise
+        if pruned is None:
+            value = sum(scores) / len(scores)
+            run.log_metrics({"value": value})
+            run.set_tags({"optuna_state": "COMPLETE"})
+    _discard(cfg, out)
+    if pruned is not None:
+        raise pruned
+    return value
+
+
+def _discard(cfg: Config, out: Path) -> None:
+    if not cfg.tune.keep_checkpoints:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _study_run(cfg: Config, study: optuna.Study, experiment: str, track: bool, task: str):
+    """The study's MLflow run: created by the first worker, shared by the others."""
+    if not track:
+        yield tracking.Tracker(None)
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        with FileLock(str(lock)):
+            run_id = study.user_attrs.get("mlflow_run_id")
+            if run_id:
+                try:
+                    MlflowClient().get_run(run_id)
+                except Exception:  # the study was logged to another MLflow store
+                    run_id = None
+            tags = tracking.run_tags(cfg, getattr(cfg, task).split)
+            tags |= {"optuna_study": study.study_name, "optuna_storage": storage_label(cfg)}
+            run = stack.enter_context(
+                tracking.run(experiment, f"study-{study.study_name}", tags, run_id=run_id)
+            )
+            study.set_user_attr("mlflow_run_id", run.run_id)
+        yield run
+
+
+def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) -> dict:
+    """Run (or continue) the study of ``task`` up to its trial count; write ``tuned/<task>.yaml``."""
+    spec: TuneTask = getattr(cfg.tune, task)
+    target = spec.trials if trials is None else trials
+    out_file = tuned_file(cfg, task)
+    if target == 0 or not spec.space:
+        result = {"task": task, "study": None, "values": {}}
+        io.write_text(out_file, _render(result))
+        log.info("%s: no tuning (trials: %d, %d dimensions)", task, target, len(spec.space))
+        return result
+    tuning_folds(trial_config(cfg, task, {}), task)  # a missing split fails here, not per trial
+    study = optuna.create_study(
+        storage=storage_of(cfg),
+        study_name=study_name(cfg, task),
+        direction="maximize",
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    recover_interrupted(study)
+    experiment = tracking.experiment(f"hecktor-tune-{task}", cfg.paths.mlruns) if track else ""
+    with _study_run(cfg, study, experiment, track, task) as study_run:
+        while counted(study.get_trials(deepcopy=False)) < target:
+            trial = study.ask()
+            study.sampler = _sampler(spec, trial.number)
+            try:
+                value = _run_trial(cfg, task, study, trial, study_run, experiment, track)
+            except optuna.TrialPruned as err:
+                log.info("%s trial %d pruned: %s", task, trial.number, err)
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            except Exception as err:
+                log.warning("%s trial %d failed: %r", task, trial.number, err)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            log.info("%s trial %d: %.4f %s", task, trial.number, value, trial.params)
+            study.tell(trial, value)
+        result = summarise(cfg, task, study)
+        if track:
+            _log_study(study, study_run, result)
+    io.write_text(out_file, _render(result))
+    log.info("%s: best trial %d of %s, %.4f %s -> %s", task, result["trial"], result["study"],
+             result["value"], result["values"], out_file)  # fmt: skip
+    return result
+
+
+def summarise(cfg: Config, task: str, study: optuna.Study) -> dict:
+    """The tuned-values file's content: the best trial, its values and the study's counts."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        errors = sorted({str(t.user_attrs.get("error", "?")) for t in trials})
+        raise ConfigError(
+            f"study {study.study_name}: no trial completed "
+            f"({len(trials)} trials; errors: {'; '.join(errors)[:1000]})"
+        )
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in FINISHED}
+    return {
+        "task": task,
+        "study": study.study_name,
+        "storage": storage_label(cfg),
+        "trial": best.number,
+        "value": float(best.value),
+        "trials": counts,
+        "values": dict(best.params),
+    }
+
+
+def _render(result: dict) -> str:
+    import yaml
+
+    head = (
+        f"# Tuned values of {result['task']}: written by `hecktor tune {result['task']}`, read by "
+        "training and scoring over params.yaml.\n"
+    )
+    return head + yaml.safe_dump(result, sort_keys=False)
+
+
+def _log_study(study: optuna.Study, run: tracking.Tracker, result: dict) -> None:
+    """Best-trial tags, the best values, and the history and importance plots on the study run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for trial in study.get_trials(deepcopy=False):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            with contextlib.suppress(Exception):  # a trial logged to another store
+                client.set_tag(run_id, "best_trial", str(trial.number == result["trial"]).lower())
+    run.log_metrics({"best_value": result["value"], "best_trial": result["trial"]})
+    # tags, not params: a continued study may find another best
+    run.set_tags({f"best.{k}": str(v) for k, v in result["values"].items()})
+    run.log_dict(result, "tuned.json")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, draw in (
+            ("optimization_history.png", plots.plot_optimization_history),
+            ("param_importances.png", plots.plot_param_importances),
+        ):
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError) as err:  # e.g. importances need 2+ completed trials
+                log.info("no %s: %s", name, err)
+                continue
+            figure = axes.figure
+            run.log_figure(figure, f"plots/{name}")
+            plt.close(figure)

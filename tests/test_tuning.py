@@ -1,0 +1,184 @@
+"""Optuna studies on the tiny profile: real journal storage, real training, a real MLflow store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from hecktor import tracking, tuning
+from hecktor.config import apply_tuned, load_config, read_tuned
+from hecktor.training.workflow import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(project_cfg, tmp_path, monkeypatch):
+    """A params file for the tiny profile writing to a temporary folder, and its config."""
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    paths = {k: str(v) for k, v in project_cfg.paths.model_dump().items()}
+    raw["paths"] = paths | {"studies": str(tmp_path / "studies"), "tuned": str(tmp_path / "tuned")}
+    raw["profile"] = "tiny"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    yield params, load_config(params)
+    mlflow.set_tracking_uri(None)
+    os.environ.pop(tracking.ENV, None)
+
+
+def _study(cfg, task="seg") -> optuna.Study:
+    return optuna.load_study(
+        study_name=tuning.study_name(cfg, task), storage=tuning.storage_of(cfg)
+    )
+
+
+def _hecktor(params: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "hecktor.cli", *args, "--params", str(params)]
+
+
+@pytest.mark.slow
+def test_study_tunes_on_the_inner_holdout_tracks_trials_and_feeds_training(project):
+    _, cfg = project
+    result = tuning.tune(cfg, "seg")
+    written = read_tuned(cfg, "seg")
+    assert written == result and set(written["values"]) == {"train.lr"}
+    assert written["study"] == tuning.study_name(cfg, "seg") and written["trials"]["complete"] == 2
+
+    study = _study(cfg)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].params != trials[1].params  # the sampler is seeded per trial
+    assert written["value"] == max(t.value for t in trials)
+    assert not any((cfg.paths.studies / study.study_name).glob("trial-*"))  # checkpoints freed
+
+    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    experiment = client.get_experiment_by_name("hecktor-tune-seg")
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    parent_of = {i: r.data.tags.get("mlflow.parentRunId") for i, r in runs.items()}
+    (study_run,) = [i for i, p in parent_of.items() if p is None]
+    trial_runs = [i for i, p in parent_of.items() if p == study_run]
+    fold_runs = [i for i, p in parent_of.items() if p in trial_runs]
+    assert len(trial_runs) == 2 and len(fold_runs) == 2
+    assert {runs[i].info.run_name for i in fold_runs} == {"tuning"}  # never the hold-out itself
+    best = [i for i in trial_runs if runs[i].data.tags["best_trial"] == "true"]
+    assert [runs[i].data.tags["optuna_trial"] for i in best] == [str(written["trial"])]
+    plots = {a.path for a in client.list_artifacts(study_run, "plots")}
+    assert plots == {"plots/optimization_history.png", "plots/param_importances.png"}
+    splits = yaml.safe_load(cfg.paths.splits.read_text())["task1"]
+    assert not set(splits["tuning"]["val"]) & set(splits["holdout"]["val"])
+
+    # training reads the tuned value and records where it came from
+    tuned = apply_tuned(cfg)
+    assert tuned.seg.train.lr == written["values"]["train.lr"]
+    train(tuned, "seg")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("hecktor-seg").experiment_id],
+        filter_string="attributes.run_name = 'train_seg'",
+    )
+    assert runs[0].data.params["seg.train.lr"] == str(written["values"]["train.lr"])
+    assert runs[0].data.tags["tuned_study"] == written["study"]
+    assert runs[0].data.tags["tuned_trial"] == str(written["trial"])
+
+    # the study is kept: the same count does nothing more, a larger one continues it
+    tuning.tune(cfg, "seg")
+    assert len(_study(cfg).trials) == 2
+    tuning.tune(cfg, "seg", trials=3)
+    assert len(_study(cfg).trials) == 3
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(project, monkeypatch):
+    _, cfg = project
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FloatingPointError("seg: non-finite loss nan at epoch 1")
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train", flaky)
+    result = tuning.tune(cfg, "seg", track=False, trials=3)
+    trials = _study(cfg).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert "non-finite loss" in trials[0].user_attrs["error"]
+    assert result["trials"] == {"complete": 2, "pruned": 0, "fail": 1}
+    assert result["trial"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(project):
+    params, cfg = project
+    workers = [
+        subprocess.Popen(
+            _hecktor(params, "tune", "seg", "--trials", "4"), stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    trials = _study(cfg).get_trials()
+    assert len(trials) >= 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
+    assert pids == {str(w.pid) for w in workers}  # both workers ran trials of the one study
+    assert len({tuple(t.params.items()) for t in trials}) == len(trials)
+    assert read_tuned(cfg, "seg")["trials"]["complete"] == len(trials)
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_its_trial_from_the_checkpoint(project, caplog):
+    params, _ = project
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["tiny"]["tune"]["seg"]["epochs"] = 6  # long enough to be killed mid-trial
+    params.write_text(yaml.safe_dump(raw))
+    cfg = load_config(params)
+    worker = subprocess.Popen(
+        _hecktor(params, "tune", "seg", "--trials", "1", "--no-track"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    checkpoints = cfg.paths.studies / tuning.study_name(cfg, "seg")
+    while not list(checkpoints.glob("trial-*/seg/tuning/last.pt")) and time.time() < deadline:
+        assert worker.poll() is None, "the trial ended before it could be killed"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert [t.state for t in _study(cfg).get_trials()] == [TrialState.RUNNING]
+
+    with caplog.at_level(logging.INFO):
+        result = tuning.tune(cfg, "seg", track=False, trials=1)
+    dead, retry = _study(cfg).get_trials()
+    assert (dead.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retry.params == dead.params and retry.user_attrs["retry_of"] == dead.number
+    assert "resuming" in caplog.text  # the retry continued from the dead trial's last epoch
+    assert result["trial"] == retry.number
+
+
+def test_no_search_space_writes_empty_values(project):
+    _, cfg = project
+    result = tuning.tune(cfg, "hpv", trials=0)
+    assert result["values"] == {} and read_tuned(cfg, "hpv")["study"] is None
+    assert apply_tuned(cfg).hpv == cfg.hpv
+
+
+def test_password_is_not_written_with_the_storage(project):
+    _, cfg = project
+    from hecktor.config import override
+
+    url = "postgresql://optuna:secret@db.example:5432/studies"
+    cfg = cfg.model_copy(update={"tune": override(cfg.tune, storage=url)})
+    assert tuning.storage_label(cfg) == "postgresql://optuna:***@db.example:5432/studies"
