@@ -38,7 +38,8 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_then_nothing(project):
     first = _run(["dvc", "repro"], project)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("synth", "prepare", "split", "train_seg", "evaluate_seg"):
+    for stage in ("synth", "prepare", "split", "tune_seg", "train_seg", "evaluate_seg",
+                  "tune_hpv", "derive_rfs", "tune_rfs", "register", "report"):  # fmt: skip
         assert f"Running stage '{stage}'" in first.stdout
     assert (project / "data" / "prepared" / "cases.csv").is_file()
     assert (project / "data" / "splits.json").is_file()
@@ -48,10 +49,34 @@ def test_repro_runs_every_stage_then_nothing(project):
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "GTVp_DSC" in shown.stdout
 
+    tuned = yaml.safe_load((project / "tuned" / "seg.yaml").read_text())
+    assert tuned["study"].startswith("seg-tiny-") and tuned["values"]
+    assert "| 1: segmentation |" in (project / "reports" / "index.md").read_text()
+
     second = _run(["dvc", "repro"], project)
     assert second.returncode == 0
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
+
+
+def test_predict_from_the_registry_on_a_fresh_cohort_is_scored(project):
+    fresh = project / "fresh"
+    made = _run(
+        ["hecktor", "synth", "--out", str(fresh), "--patients", "6", "--seed", "7"], project
+    )
+    assert made.returncode == 0, made.stderr
+    out = project / "predicted"
+    predicted = _run(["hecktor", "predict", "--input", str(fresh), "--output", str(out)], project)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "models:/hecktor-seg@champion (version 1)" in (out / "manifest.json").read_text()
+    for task, pred, truth in (
+        ("seg", out, fresh / "Task 1"),
+        ("rfs", out / "predictions.csv", fresh / "Task 2" / "HECKTOR_2025_Training_Task_2.csv"),
+        ("hpv", out / "predictions.csv", fresh / "Task 3" / "HECKTOR_2025_Training_Task_3.csv"),
+    ):
+        scored = _run(["hecktor", "evaluate", task, "--pred", str(pred), "--truth", str(truth),
+                       "--out", str(project / f"{task}.json")], project)  # fmt: skip
+        assert scored.returncode == 0, scored.stderr
 
 
 def test_a_scoring_setting_reruns_downstream_stages_without_retraining(project):

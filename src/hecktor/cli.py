@@ -140,6 +140,69 @@ def _derive(args: argparse.Namespace, cfg: Config) -> None:
     log.info("Task 2 inputs written to %s", derive_rfs_inputs(cfg))
 
 
+def _register(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor import tracking
+    from hecktor.inference.bundle import build_bundles, load_bundle
+
+    built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles")
+    if args.no_track:
+        log.info("bundles written to %s (not registered)", ", ".join(map(str, built.values())))
+        return
+    tags = tracking.run_tags(cfg)
+    for path in built.values():
+        result = tracking.register_bundle(load_bundle(path), cfg.paths.mlruns, tags)
+        log.info("%s version %s (CV score %s): %s", result["name"], result["version"],
+                 result["score"], result["alias"])  # fmt: skip
+
+
+def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
+    from hecktor.inference.bundle import load_bundles
+
+    models = args.models or os.environ.get("HECKTOR_MODELS")
+    uris = {"seg": args.seg_model, "hpv": args.hpv_model, "rfs": args.rfs_model}
+    return load_bundles(cfg.paths.mlruns, cache, models, uris)
+
+
+def _export(args: argparse.Namespace, cfg: Config) -> None:
+    import tempfile
+
+    from hecktor.inference.bundle import export_bundles
+
+    with tempfile.TemporaryDirectory(prefix="hecktor-export-") as cache:
+        bundles = _bundles(args, cfg, Path(cache))
+        out = export_bundles(bundles, args.out)
+    log.info("exported %s -> %s", ", ".join(bundles.sources.values()), out)
+
+
+def _predict(args: argparse.Namespace, cfg: Config) -> int:
+    import tempfile
+
+    from hecktor.inference.batch import predict_container, predict_folder
+
+    with tempfile.TemporaryDirectory(prefix="hecktor-models-") as cache:
+        bundles = _bundles(args, cfg, Path(cache))
+        if args.container:
+            written = predict_container(
+                bundles, args.input or "/input", args.output or "/output", args.device
+            )
+            log.info("wrote %s", ", ".join(map(str, written)))
+            return 0
+        if not args.input or not args.output:
+            raise ValueError("predict: --input and --output are required (or --container)")
+        manifest = predict_folder(bundles, args.input, args.output, args.clinical, args.device)
+    if manifest["failed"]:
+        log.error("%d patient(s) failed: %s", len(manifest["failed"]),
+                  ", ".join(f["PatientID"] for f in manifest["failed"]))  # fmt: skip
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace, cfg: Config) -> None:
+    from hecktor.reports import write_pipeline_report
+
+    log.info("report written to %s", write_pipeline_report(cfg))
+
+
 def _ablate(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.crossval.hpv import ablate_hpv
 
@@ -245,6 +308,46 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--trials", type=int, help="trials in all (default: tune.<task>.trials)")
         p.set_defaults(func=func)
 
+    p = verbs.add_parser("register", parents=[common], help="bundle the trained models and register them in MLflow",
+                         description="Bundle the Task 1, 3 and 2 models (weights, config, CV metrics, versions) and "
+                         "register them as hecktor-seg, hecktor-hpv, hecktor-rfs. The alias 'champion' moves to a "
+                         "new version only if its cross-validated score beats the champion's; otherwise the new "
+                         "version becomes 'challenger'. An unchanged bundle is not registered twice.")  # fmt: skip
+    p.add_argument("--out", help="bundle folder (default: <paths.models>/bundles)")
+    p.add_argument("--no-track", action="store_true", help="write the bundles only")
+    p.set_defaults(func=_register)
+
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--models", help="an `hecktor export` folder (default: $HECKTOR_MODELS, "
+                               "else the registry)")  # fmt: skip
+    for task, name in (("seg", "hecktor-seg"), ("hpv", "hecktor-hpv"), ("rfs", "hecktor-rfs")):
+        model_options.add_argument(f"--{task}-model", metavar="URI",
+                                   help=f"model URI or bundle folder (default: models:/{name}@champion)")  # fmt: skip
+
+    p = verbs.add_parser("export", parents=[common, model_options], help="copy registered models into a folder",
+                         description="Download the three models (the champions unless told otherwise) into one "
+                         "folder, e.g. to build the Docker image; `predict --models` reads it without MLflow.")  # fmt: skip
+    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    p.set_defaults(func=_export)
+
+    p = verbs.add_parser("predict", parents=[common, model_options], help="segment, HPV and RFS for new patients",
+                         description="Batch inference from the registry: preprocess, segment (Task 1), HPV status "
+                         "(Task 3), RFS risk (Task 2). Input: a release-layout folder or a folder of <PID>/ "
+                         "subfolders with CT and PET. Output: <PID>.nii.gz masks on the CT grid, predictions.csv, "
+                         "manifest.json. Reruns skip finished patients; broken patients are reported and skipped "
+                         "(exit code 1). --container: the challenge container's one-patient I/O.")  # fmt: skip
+    p.add_argument("--input", help="input folder (--container: default /input)")
+    p.add_argument("--output", help="output folder (--container: default /output)")
+    p.add_argument("--clinical", help="clinical CSV (PatientID and any clinical columns; optional)")
+    p.add_argument("--container", action="store_true",
+                   help="read images/ct/*.mha, images/pet/*.mha, ehr.json; write the official outputs")  # fmt: skip
+    p.add_argument("--device", default="auto", help="torch device (default: a GPU if present)")
+    p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("report", parents=[common], help="one page with every task's results",
+                         description="Gather metrics, baselines, oracle values, tuned values and figures into reports/index.md.")  # fmt: skip
+    p.set_defaults(func=_report)
+
     p = verbs.add_parser("ui", parents=[common], help="open the MLflow UI on this project's store",
                          description="Serve the MLflow UI for the project's store (loopback unless told otherwise).")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -268,11 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # tuned values apply everywhere, except to the study that is choosing them
         cfg = apply_tuned(cfg, skip=(args.task,) if args.verb == "tune" else ())
-        args.func(args, cfg)
+        code = args.func(args, cfg)
     except (InputError, ConfigError, ValueError) as err:
         log.error("%s", err)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

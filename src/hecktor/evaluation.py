@@ -1,11 +1,13 @@
 """Score prediction files against the truth: the ``hecktor evaluate`` verbs.
 
-File reading and pairing live here; the maths is in :mod:`hecktor.metrics`. A prediction for a
-patient missing from the truth, or a truth patient without a prediction, is an error naming them.
+File reading and pairing live here; the maths is in :mod:`hecktor.metrics`. A truth patient
+without a prediction is an error naming them, and so is a mask for a patient missing from the truth;
+a table's extra patients are ignored (a batch CSV covers patients outside the task's truth).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,19 @@ from hecktor.data.layout import InputError, Problem
 
 _NII = ".nii.gz"
 
+log = logging.getLogger(__name__)
 
-def _check_pairing(pred: set[str], truth: set[str], pred_src: Path, truth_src: Path) -> None:
-    problems = [
-        Problem(p, pred_src, "predicted but not in the truth") for p in sorted(pred - truth)
-    ]
+
+def _check_pairing(
+    pred: set[str], truth: set[str], pred_src: Path, truth_src: Path, allow_extra: bool = False
+) -> None:
+    """Every truth patient must be predicted; extra predictions are an error for masks, and are
+    ignored for a table (a batch CSV covers every patient, a task's truth only some)."""
+    extra = sorted(pred - truth)
+    if allow_extra and extra:
+        log.info("%s: %d patient(s) not in %s ignored", pred_src, len(extra), truth_src)
+        extra = []
+    problems = [Problem(p, pred_src, "predicted but not in the truth") for p in extra]
     problems += [
         Problem(p, truth_src, "in the truth but not predicted") for p in sorted(truth - pred)
     ]
@@ -102,13 +112,19 @@ def evaluate_segmentation(pred_dir: Path | str, truth_dir: Path | str) -> dict:
     return result
 
 
-def read_predictions(path: Path | str) -> pd.Series:
-    """A ``PatientID,Prediction`` CSV as a float series indexed by patient."""
+def read_predictions(path: Path | str, column: str = "Prediction") -> pd.Series:
+    """A ``PatientID,Prediction`` CSV as a float series indexed by patient.
+
+    ``hecktor predict``'s ``predictions.csv`` is read too: its ``column`` (``RFS_risk``,
+    ``HPV_status``) stands in for ``Prediction``.
+    """
     path = Path(path)
     try:
         frame = pd.read_csv(path, dtype={"PatientID": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError([Problem("-", path, f"cannot read CSV ({err})")]) from None
+    if "Prediction" not in frame.columns and column in frame.columns:
+        frame = frame.rename(columns={column: "Prediction"})
     missing = [c for c in ("PatientID", "Prediction") if c not in frame.columns]
     if missing:
         raise InputError([Problem("(all patients)", path, f"missing column(s) {missing}")])
@@ -134,9 +150,9 @@ def _truth_table(path: Path | str, task: int) -> pd.DataFrame:
 
 def evaluate_survival(pred_csv: Path | str, truth_csv: Path | str) -> dict:
     """Task 2: Harrell's C-index of predicted risks against a Task 2 table (RFS, Relapse)."""
-    pred = read_predictions(pred_csv)
+    pred = read_predictions(pred_csv, "RFS_risk")
     truth = _truth_table(truth_csv, 2)
-    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv))
+    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv), True)
     patients = sorted(truth.index)
     time = truth.loc[patients, "RFS"].to_numpy(float)
     event = truth.loc[patients, "Relapse"].to_numpy(float).astype(int)
@@ -151,7 +167,7 @@ def evaluate_survival(pred_csv: Path | str, truth_csv: Path | str) -> dict:
 
 def evaluate_hpv(pred_csv: Path | str, truth_csv: Path | str) -> dict:
     """Task 3: balanced accuracy of 0/1 predictions against a Task 3 table (HPV Status)."""
-    pred = read_predictions(pred_csv)
+    pred = read_predictions(pred_csv, "HPV_status")
     bad = [
         Problem(p, Path(pred_csv), f"prediction {v!r} is not 0 or 1")
         for p, v in pred.items()
@@ -160,7 +176,7 @@ def evaluate_hpv(pred_csv: Path | str, truth_csv: Path | str) -> dict:
     if bad:
         raise InputError(bad)
     truth = _truth_table(truth_csv, 3)
-    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv))
+    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv), True)
     patients = sorted(truth.index)
     y = truth.loc[patients, "HPV Status"].to_numpy(float).astype(int)
     p = pred.loc[patients].to_numpy(float).astype(int)

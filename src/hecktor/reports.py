@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -62,3 +63,101 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the pipeline report
+
+
+def headline_rows(seg: dict | None, hpv: dict | None, rfs: dict | None) -> list[dict]:
+    """One row per task and figure: network, its baseline and the oracle, and which wins."""
+    nan = float("nan")
+    rows: list[dict] = []
+    if seg:
+        net, base = seg["variants"][seg["network"]], seg["variants"].get("baseline", {})
+        for key in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"):
+            rows.append({"task": "1: segmentation", "figure": f"hold-out {key}",
+                         "network": net[key], "baseline": base.get(key, nan), "oracle": nan,
+                         "winner": seg["winner"].get(key, "")})  # fmt: skip
+    if hpv:
+        for split, key, oracle in (("cv", "cv_balanced_accuracy", "cv"),
+                                   ("test_ensemble", "test_ensemble_balanced_accuracy", "test")):  # fmt: skip
+            rows.append({"task": "3: HPV status", "figure": f"{split} balanced accuracy",
+                         "network": hpv["network"].get(split, {}).get("balanced_accuracy", nan),
+                         "baseline": hpv["baseline"].get(split, {}).get("balanced_accuracy", nan),
+                         "oracle": hpv["oracle"].get(oracle, {}).get("balanced_accuracy", nan),
+                         "winner": hpv["winner"].get(key, "")})  # fmt: skip
+    if rfs:
+        for split, oracle in (("cv", "cv"), ("test_ensemble", "test")):
+            networks = {m: v.get(split, {}).get("c_index", nan) for m, v in rfs["network"].items()}
+            mode = max(networks, key=lambda m: networks[m]) if networks else ""
+            rows.append({"task": "2: recurrence-free survival",
+                         "figure": f"{split} C-index (network trained on {mode} inputs)",
+                         "network": networks.get(mode, nan),
+                         "baseline": max(rfs["baseline_clinical"].get(split, {}).get("c_index", nan),
+                                         rfs["baseline_clinical_image"].get(split, {}).get("c_index", nan)),
+                         "oracle": rfs["oracle"].get(oracle, {}).get("c_index", nan),
+                         "winner": rfs["winner"].get(split, "")})  # fmt: skip
+    return rows
+
+
+def _demote(markdown: str) -> str:
+    """Headings one level down, so a task's report nests under the pipeline report."""
+    return "\n".join(f"#{line}" if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def pipeline_report(
+    metrics: dict[str, dict | None],
+    sections: dict[str, str],
+    tuned: dict[str, dict | None],
+) -> str:
+    """The one page: headline table, tuned values, then every task's own report (with figures)."""
+    lines = [
+        "# hecktor: pipeline report",
+        "",
+        "Every task's network beside its simple baseline (PET threshold for Task 1, clinical",
+        "logistic regression for Task 3, clinical Cox models for Task 2; the better Cox model is",
+        "shown) and the oracle where the data have one (synthetic cohorts only). Baselines run on the",
+        "same patients and folds.",
+        "",
+        markdown_table(
+            headline_rows(metrics.get("seg"), metrics.get("hpv"), metrics.get("rfs")),
+            ["task", "figure", "network", "baseline", "oracle", "winner"],
+        ),
+        "",
+        "## Tuned hyperparameters",
+        "",
+    ]
+    tuned_rows = [
+        {"task": task, "study": t.get("study") or "(not tuned)", "trial": t.get("trial", ""),
+         "value": t.get("value", float("nan")), "values": ", ".join(
+             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in (t.get("values") or {}).items())}
+        for task, t in tuned.items() if t is not None
+    ]  # fmt: skip
+    lines += [markdown_table(tuned_rows, ["task", "study", "trial", "value", "values"]), ""]
+    for text in sections.values():
+        lines += [_demote(text).strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_pipeline_report(cfg) -> Path:
+    """Gather ``metrics/``, ``tuned/``, the task reports and figures into ``reports/index.md``."""
+    import json
+
+    from hecktor import io
+    from hecktor.config import read_tuned
+
+    def load(path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    metrics_dir, reports_dir = Path(cfg.paths.metrics), Path(cfg.paths.reports)
+    metrics = {t: load(metrics_dir / f"{t}.json") for t in ("seg", "hpv", "rfs")}
+    sections = {
+        name: (reports_dir / f"{name}.md").read_text()
+        for name in ("seg", "hpv", "hpv_ablation", "rfs")
+        if (reports_dir / f"{name}.md").is_file()
+    }
+    tuned = {t: read_tuned(cfg, t) for t in ("seg", "hpv", "rfs")}
+    out = reports_dir / "index.md"
+    io.write_text(out, pipeline_report(metrics, sections, tuned))
+    return out

@@ -8,6 +8,7 @@ absolute paths, so ``dvc exp run --temp`` (which runs in a copy of the repo) log
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 from collections.abc import Iterator
@@ -152,6 +153,10 @@ class Tracker:
         if self._client is not None:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifact_dir(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if self._client is not None:
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+
     def log_dict(self, data: dict, name: str) -> None:
         if self._client is not None:
             self._client.log_dict(self.run_id, data, name)
@@ -211,3 +216,100 @@ def run(
         raise
     finally:
         client.set_terminated(run_id, status=status)
+
+
+# --------------------------------------------------------------------------- model registry
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+REGISTRY_EXPERIMENT = "hecktor-registry"
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(client, name: str, version: str, score: float) -> str:
+    """Move ``champion`` to ``version`` if it beats the current champion's CV score, else mark it
+    ``challenger``. A first version is champion; a tie keeps the incumbent."""
+    champion = _champion(client, name)
+    if champion is not None and str(champion.version) == str(version):
+        return CHAMPION
+    best = float(champion.tags.get("cv_score", "-inf")) if champion is not None else -math.inf
+    alias = CHAMPION if champion is None or score > best else CHALLENGER
+    client.set_registered_model_alias(name, alias, str(version))
+    return alias
+
+
+def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[str, str]:
+    """Log ``bundle`` as a new version of its registered model, unless the latest identical one
+    exists, and apply :func:`promote`. Returns the name, version and alias."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = experiment(REGISTRY_EXPERIMENT, mlruns)
+    client = MlflowClient()
+    name = bundle.manifest["name"]
+    digest = bundle.digest()
+    score = float(bundle.manifest["score"]["value"])
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=DESCRIPTIONS.get(name, ""))
+    same = [
+        v
+        for v in client.search_model_versions(f"name='{name}'")
+        if v.tags.get("bundle_digest") == digest
+    ]
+    if same:
+        version = max(same, key=lambda v: int(v.version)).version
+    else:
+        with run(experiment_id, f"register-{name}", tags) as logged:
+            logged.log_params({"score_name": bundle.manifest["score"]["name"]})
+            logged.log_metrics({"cv_score": score})
+            logged.log_artifact_dir(bundle.root, name)
+        version_tags = {
+            **tags,
+            "bundle_digest": digest,
+            "cv_score": repr(score),
+            "cv_metric": bundle.manifest["score"]["name"],
+            "code": bundle.manifest["code"],
+            "data": bundle.manifest["data"],
+        }
+        version = client.create_model_version(
+            name, f"runs:/{logged.run_id}/{name}", run_id=logged.run_id, tags=version_tags
+        ).version
+    alias = promote(client, name, version, score)
+    return {"name": name, "version": str(version), "alias": alias, "score": repr(score)}
+
+
+DESCRIPTIONS = {
+    "hecktor-seg": "Task 1: GTVp and GTVn segmentation from CT and PET (DynUNet after SWA).",
+    "hecktor-hpv": "Task 3: HPV status, fold ensemble of the Task 1 network with a clinical head.",
+    "hecktor-rfs": "Task 2: recurrence-free survival risk, fold ensemble of a 3D ResNet18 + clinical.",
+}
+
+
+def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str) -> tuple[Path, str | None]:
+    """A bundle folder from a local path or any MLflow URI (``models:/hecktor-seg@champion``);
+    returns the folder and the registry version when the URI names one."""
+    if Path(uri).is_dir():
+        return Path(uri), None
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(mlruns))
+    version = None
+    if uri.startswith("models:/"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        client = MlflowClient()
+        if ref:
+            version = client.get_model_version_by_alias(name, ref).version
+        else:
+            name, _, version = uri.removeprefix("models:/").partition("/")
+    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+    return Path(path), version

@@ -365,6 +365,7 @@ def ablate_hpv(cfg: Config, track: bool = True) -> dict:
     task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
     folds, test = task_folds(cfg, "hpv")
     models = load_models(cfg, task)
+    task.feature_cache = {}  # each patient's image is encoded once per model, not once per row
     rows = []
     for name, unknown in ABLATIONS:
         net = summarise(task, *logits_of(cfg, task, models, unknown))

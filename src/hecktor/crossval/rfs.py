@@ -74,6 +74,13 @@ def image_features(task: RFSTask, patient: str) -> dict[str, float]:
     }
 
 
+def risk_scale(task: RFSTask, model, train_ids, device, autocast) -> tuple[float, float]:
+    """Mean and spread of a fold model's risks on its training patients: its risk scale."""
+    reference = task.risks(model, train_ids, device, autocast)
+    std = float(reference.std())
+    return float(reference.mean()), std if std > 0 else 1.0
+
+
 def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Standardised out-of-fold and test risks of one training mode's fold models."""
     device = resolve_device(cfg.rfs.train.device)
@@ -82,8 +89,7 @@ def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, 
     oof, tested = [], []
     for name, kind, train_ids, val_ids in folds:
         model, _ = load_trained(task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", device)
-        reference = task.risks(model, train_ids, device, autocast)
-        mean, std = reference.mean(), reference.std() if reference.std() > 0 else 1.0
+        mean, std = risk_scale(task, model, train_ids, device, autocast)
 
         def standard(values: np.ndarray, mean: float = mean, std: float = std) -> np.ndarray:
             return (values - mean) / std

@@ -47,9 +47,12 @@ class HPVNet(nn.Module):
         out = self.unet.input_block(image)
         for block in self.unet.downsamples:
             out = block(out)
-        return self.unet.bottleneck(out)
+        features = self.unet.bottleneck(out)
+        self._features = None  # the hook fired; nothing to hand to forward()
+        return features
 
-    def _logit(self, features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+    def logit(self, features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        """HPV logits from bottleneck features and clinical data (features can be reused)."""
         pooled = torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
         fused = torch.cat([pooled.float(), self.clinical(clinical.float())], dim=1)
         return self.head(fused).squeeze(1)
@@ -58,10 +61,8 @@ class HPVNet(nn.Module):
         segmentation = self.unet(image)
         features, self._features = self._features, None
         assert features is not None, "the bottleneck hook did not fire"
-        return HPVOutput(segmentation, self._logit(features, clinical))
+        return HPVOutput(segmentation, self.logit(features, clinical))
 
     def classify(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         """HPV logits from the encoder and the head only."""
-        logits = self._logit(self.encode(image), clinical)
-        self._features = None
-        return logits
+        return self.logit(self.encode(image), clinical)

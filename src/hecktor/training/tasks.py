@@ -158,6 +158,9 @@ class HPVTask:
         self.init = init if cfg.init_from_seg else None
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.cls_loss = nn.BCEWithLogitsLoss()
+        # set to a dict to keep encoder features by (model, patient): the ablation scores the same
+        # images under several clinical maskings, and only the head needs rerunning
+        self.feature_cache: dict[tuple[int, str], torch.Tensor] | None = None
 
     def setup(self, train_patients: Sequence[str]) -> None:
         self.encoder = ClinicalEncoder.fit(HPV_VARIABLES, self.table.loc[list(train_patients)])
@@ -224,12 +227,15 @@ class HPVTask:
         out = []
         with torch.inference_mode(), autocast():
             for i, patient in enumerate(patients):
-                image = torch.as_tensor(np.array(load_case(self.prepared, patient).image))[None].to(
-                    device
-                )
-                out.append(
-                    float(model.classify(image, clinical[i : i + 1].to(device)).float().item())
-                )
+                key = (id(model), patient)
+                features = self.feature_cache.get(key) if self.feature_cache is not None else None
+                if features is None:
+                    image = np.array(load_case(self.prepared, patient).image)
+                    features = model.encode(torch.as_tensor(image)[None].to(device))
+                    if self.feature_cache is not None:
+                        self.feature_cache[key] = features
+                logit = model.logit(features, clinical[i : i + 1].to(device))
+                out.append(float(logit.float().item()))
         return np.asarray(out)
 
     def validate(
@@ -254,8 +260,10 @@ class SurvivalDataset(Dataset):
         self.patients = list(patients)
         self.inputs = inputs
         self.clinical = task.encoder.transform(task.frame(patients, inputs))
-        self.time = task.table.loc[self.patients, "RFS"].to_numpy(dtype=np.float32)
-        self.event = task.table.loc[self.patients, "Relapse"].to_numpy(dtype=np.float32)
+        # a new patient has no outcome yet: NaN, never read at inference
+        outcome = task.table.reindex(index=self.patients, columns=["RFS", "Relapse"])
+        self.time = outcome["RFS"].to_numpy(dtype=np.float32)
+        self.event = outcome["Relapse"].to_numpy(dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.patients)

@@ -187,7 +187,7 @@ def train(
                 child.log_metrics({"best_epoch": result.best_epoch})
                 if swa_metrics:
                     child.log_metrics({f"swa_{k}": v for k, v in swa_metrics.items()})
-                for checkpoint in ("best.pt", "swa.pt"):
+                for checkpoint in ("best.pt", "swa.pt") if out is None else ():  # not trials'
                     if (fold_dir / checkpoint).is_file():
                         child.log_artifact(fold_dir / checkpoint, "checkpoints")
             summary["folds"][name] = {

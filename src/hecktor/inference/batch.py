@@ -1,0 +1,361 @@
+"""Inference on new patients, chained as the paper chains the tasks: preprocess, segment (Task 1),
+HPV status (Task 3, from the images and clinical data), then recurrence-free survival (Task 2, from
+the images, the predicted masks and clinical data with the predicted HPV status).
+
+:class:`Predictor` holds the three bundles' models and applies them one patient at a time, through
+the same task classes that trained them. :func:`predict_folder` runs it over a folder of patients
+(restartable, one broken patient never stops the others); :func:`predict_container` reads and
+writes the challenge container's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from hecktor import io
+from hecktor.data import layout
+from hecktor.data.layout import InputError, Problem
+from hecktor.data.preprocess import Geometry, preprocess, save_case, to_original_grid
+from hecktor.inference.bundle import Bundle
+from hecktor.inference.predictor import remove_small_lesions
+from hecktor.training.engine import autocast_for, precision_for, resolve_device
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["PatientID", "HPV_probability", "HPV_status", "RFS_risk"]
+PREDICTIONS = "predictions.csv"
+MANIFEST = "manifest.json"
+CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """The three models a prediction uses, with where each came from."""
+
+    seg: Bundle
+    hpv: Bundle
+    rfs: Bundle
+    sources: dict[str, str]
+
+    def describe(self) -> dict[str, dict]:
+        out = {}
+        for task in ("seg", "hpv", "rfs"):
+            bundle: Bundle = getattr(self, task)
+            out[task] = {
+                "name": bundle.manifest["name"],
+                "source": self.sources.get(task, str(bundle.root)),
+                "version": bundle.manifest.get("registry_version"),
+                "digest": bundle.digest(),
+                "score": bundle.manifest.get("score"),
+                "code": bundle.manifest.get("code"),
+                "data": bundle.manifest.get("data"),
+            }
+        return out
+
+    def check(self) -> None:
+        """The three must agree on preprocessing and on Task 1's network, or inputs would differ."""
+        for task in ("hpv", "rfs"):
+            other: Bundle = getattr(self, task)
+            for key in ("prepare", "seg"):
+                if other.manifest["config"][key] != self.seg.manifest["config"][key]:
+                    raise ValueError(
+                        f"{other.root}: its {key!r} settings differ from {self.seg.root}'s; "
+                        "use models from one pipeline run"
+                    )
+
+
+class Predictor:
+    """Task 1, 3 and 2 models applied to one patient at a time, on this machine's best precision."""
+
+    def __init__(self, bundles: Bundles, work: Path, device: str = "auto") -> None:
+        from hecktor.training.tasks import HPVTask, RFSTask, SegmentationTask
+
+        bundles.check()
+        self.bundles = bundles
+        self.prepare = bundles.seg.prepare
+        self.device = resolve_device(device)
+        self.autocast = autocast_for(precision_for("auto", self.device), self.device)
+        self.prepared = work / "prepared"
+        self.inputs = work / "inputs"
+        (self.inputs / "masks").mkdir(parents=True, exist_ok=True)
+        self.prepared.mkdir(parents=True, exist_ok=True)
+        io.write_json(self.prepared / "summary.json", bundles.seg.manifest["prepared"])
+        pd.DataFrame(columns=["PatientID", *CLINICAL_COLUMNS]).to_csv(
+            self.prepared / "clinical.csv", index=False
+        )
+        pd.DataFrame(columns=["PatientID", "hpv_pred"]).to_csv(
+            self.inputs / "inputs.csv", index=False
+        )
+        seg_cfg = bundles.seg.seg
+        self.seg_task = SegmentationTask(seg_cfg, self.prepared)
+        self.seg_model = self._load(self.seg_task, bundles.seg, bundles.seg.members[0])[0]
+        self.hpv_task = HPVTask(bundles.hpv.hpv, seg_cfg, self.prepared, init=None)
+        self.hpv_models = [self._load(self.hpv_task, bundles.hpv, m) for m in bundles.hpv.members]
+        self.rfs_task = RFSTask(bundles.rfs.rfs, self.prepared, self.inputs, "pred")
+        self.rfs_models = [self._load(self.rfs_task, bundles.rfs, m) for m in bundles.rfs.members]
+
+    def _load(self, task, bundle: Bundle, member: dict) -> tuple:
+        state = bundle.weights(member, self.device)
+        if state.get("task") and hasattr(task, "load_state"):
+            task.load_state(state["task"])
+        model = task.build_model().to(self.device)
+        model.load_state_dict(state["model"])
+        return model.eval(), state.get("task", {}), member
+
+    def __call__(
+        self, images: layout.CaseImages, clinical: dict[str, object]
+    ) -> tuple[sitk.Image, dict[str, object]]:
+        """The mask on the patient's CT grid and the patient's row of predictions."""
+        patient = images.patient
+        prepared = preprocess(images, self.prepare)
+        save_case(self.prepared / patient, prepared)
+        try:
+            labels = self.seg_task.predict(
+                self.seg_model, prepared.image, self.device, self.autocast
+            )
+            labels = remove_small_lesions(
+                labels, self.bundles.seg.seg.min_lesion_mm3, self.seg_task.voxel_mm3
+            )
+            mask = to_original_grid(
+                labels, Geometry.from_dict(prepared.meta["grid"]), Geometry.of(images.ct)
+            )
+            table = pd.DataFrame([{k: clinical.get(k) for k in CLINICAL_COLUMNS}], index=[patient])
+            self.hpv_task.table = table
+            logits = []
+            for model, state, _ in self.hpv_models:
+                self.hpv_task.load_state(state)
+                logits.append(self.hpv_task.logits(model, [patient], self.device, self.autocast)[0])
+            logit = float(np.mean(logits))
+            status = int(logit > 0)
+            np.save(self.inputs / "masks" / f"{patient}.npy", labels)
+            self.rfs_task.table = table
+            self.rfs_task.inputs = pd.DataFrame({"hpv_pred": [status]}, index=[patient])
+            risks = []
+            for model, state, member in self.rfs_models:
+                self.rfs_task.load_state(state)
+                risk = self.rfs_task.risks(model, [patient], self.device, self.autocast)[0]
+                risks.append((risk - member["risk_mean"]) / member["risk_std"])
+        finally:
+            shutil.rmtree(self.prepared / patient, ignore_errors=True)
+            (self.inputs / "masks" / f"{patient}.npy").unlink(missing_ok=True)
+        row = {
+            "PatientID": patient,
+            "HPV_probability": 1.0 / (1.0 + math.exp(-logit)),
+            "HPV_status": status,
+            "RFS_risk": float(np.mean(risks)),
+        }
+        return mask, row
+
+
+# --------------------------------------------------------------------------- finding patients
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A new patient's image files and clinical values (any of them may be missing)."""
+
+    patient: str
+    ct: Path | None
+    pet: Path | None
+    clinical: dict[str, object]
+    problems: tuple[Problem, ...] = ()
+
+
+_CT = ("__CT", "_CT", "CT")
+_PET = ("__PT", "_PT", "__PET", "_PET", "PET", "PT")
+_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+def _modality(folder: Path, patient: str, tags: tuple[str, ...]) -> Path | None:
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(_SUFFIXES)]
+    for tag in tags:
+        for path in files:
+            stem = path.name
+            for suffix in _SUFFIXES:
+                stem = stem.removesuffix(suffix)
+            if stem.upper() in {f"{patient}{tag}".upper(), tag.strip("_").upper()}:
+                return path
+    return None
+
+
+def _clinical(path: Path | None, problems: list[Problem]) -> pd.DataFrame:
+    if path is None:
+        return pd.DataFrame(columns=["PatientID"]).set_index("PatientID")
+    table = layout.read_table(path, 1, problems)
+    return table.set_index("PatientID") if len(table) else table
+
+
+def find_patients(root: Path | str, clinical: Path | str | None = None) -> list[Patient]:
+    """The patients of a release-layout folder, or of a folder of ``<PID>/`` subfolders.
+
+    In a subfolder, CT and PET are ``<PID>__CT`` / ``<PID>__PT`` (or ``CT`` / ``PET``) in NIfTI or
+    MetaImage. Clinical values come from the release's tables or from ``clinical`` (a CSV with a
+    ``PatientID`` column and any of the challenge's clinical columns; empty cells are unknown).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError([Problem("-", root, "input folder not found")])
+    problems: list[Problem] = []
+    if any((root / layout.TASK_DIR[t]).is_dir() for t in layout.TASKS):
+        release = layout.scan_release(root)
+        table_problems: list[Problem] = []
+        frame = layout.clinical_frame(layout.read_tables(release, table_problems))
+        frame = frame.set_index("PatientID") if len(frame) else frame
+        if clinical is not None:
+            frame = _clinical(Path(clinical), table_problems)
+        found = {
+            p: (release.image_case(p).ct, release.image_case(p).pet) for p in release.patients()
+        }
+        missing = [p for p in release.problems if p.patient not in {"-", *found}]
+        problems += missing
+    else:
+        table_problems = []
+        frame = _clinical(Path(clinical) if clinical else None, table_problems)
+        found = {}
+        for folder in sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            found[folder.name] = (
+                _modality(folder, folder.name, _CT),
+                _modality(folder, folder.name, _PET),
+            )
+    patients = []
+    for pid, (ct, pet) in sorted(found.items()):
+        mine = [p for p in problems + table_problems if p.patient == pid]
+        if ct is None or not ct.is_file():
+            mine.append(Problem(pid, root / pid, "no CT file"))
+        if pet is None or not pet.is_file():
+            mine.append(Problem(pid, root / pid, "no PET file"))
+        values = frame.loc[pid].to_dict() if pid in frame.index else {}
+        values = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()
+        }
+        patients.append(Patient(pid, ct, pet, values, tuple(mine)))
+    for problem in problems + table_problems:
+        if problem.patient not in found:
+            log.warning("%s", problem)
+    return patients
+
+
+def read_images(patient: Patient) -> layout.CaseImages:
+    """Read and check one patient's CT and PET; raise :class:`InputError` naming what is wrong."""
+    if patient.problems:
+        raise InputError(list(patient.problems))
+    assert patient.ct is not None and patient.pet is not None
+    return layout.load_case(layout.Case(patient.patient, 0, patient.ct, patient.pet))
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, InputError):
+        return "; ".join(f"{p.file}: {p.message}" for p in err.problems)
+    return f"{type(err).__name__}: {err}"
+
+
+def _models_key(bundles: Bundles) -> str:
+    return json.dumps({t: m["digest"] for t, m in bundles.describe().items()}, sort_keys=True)
+
+
+def predict_folder(
+    bundles: Bundles,
+    input_dir: Path | str,
+    output: Path | str,
+    clinical: Path | str | None = None,
+    device: str = "auto",
+) -> dict:
+    """Predict every patient under ``input_dir``; returns the manifest written beside the outputs.
+
+    Writes ``<PID>.nii.gz`` (on the patient's CT grid), ``predictions.csv`` and ``manifest.json``,
+    each atomically. A patient already predicted by the same models is skipped, so a rerun after a
+    kill continues; a patient that cannot be read is reported (in the log and the manifest) and the
+    others go on.
+    """
+    output = Path(output)
+    parts = output / ".parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    key = _models_key(bundles)
+    patients = find_patients(input_dir, clinical)
+    failures: list[dict[str, str]] = []
+    skipped = 0
+    predictor: Predictor | None = None
+    with tempfile.TemporaryDirectory(prefix="hecktor-predict-") as work:
+        for patient in tqdm(patients, desc="predict", unit="patient"):
+            pid = patient.patient
+            part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
+            done = part.is_file() and mask_path.is_file()
+            if done and json.loads(part.read_text()).get("models") == key:
+                skipped += 1
+                continue
+            try:
+                images = read_images(patient)
+                predictor = predictor or Predictor(bundles, Path(work), device)
+                mask, row = predictor(images, patient.clinical)
+            except (InputError, RuntimeError, ValueError, OSError) as err:
+                failures.append({"PatientID": pid, "reason": _reason(err)})
+                log.error("%s: skipped: %s", pid, _reason(err))
+                part.unlink(missing_ok=True)  # no stale result from an earlier run
+                mask_path.unlink(missing_ok=True)
+                continue
+            io.write_image(mask_path, mask)
+            io.write_json(part, {"models": key, "row": row})
+    failed = {f["PatientID"] for f in failures}
+    rows = [
+        json.loads((parts / f"{p.patient}.json").read_text())["row"]
+        for p in patients
+        if p.patient not in failed and (parts / f"{p.patient}.json").is_file()
+    ]
+    io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+    manifest = {
+        "input": str(Path(input_dir).resolve()),
+        "clinical": str(Path(clinical).resolve()) if clinical else None,
+        "models": bundles.describe(),
+        "patients": len(patients),
+        "predicted": len(rows),
+        "reused": skipped,
+        "failed": failures,
+        "outputs": {
+            "masks": "<PatientID>.nii.gz on the CT grid: 0 background, 1 GTVp, 2 GTVn",
+            PREDICTIONS: "HPV_probability (fold-ensemble mean logit through a sigmoid), HPV_status "
+            "(1 = positive: logit > 0), RFS_risk (standardised log-hazard: higher = earlier relapse)",
+        },
+    }
+    io.write_json(output / MANIFEST, manifest)
+    log.info("predicted %d of %d patients (%d reused, %d failed) -> %s",
+             len(rows), len(patients), skipped, len(failures), output)  # fmt: skip
+    return manifest
+
+
+def predict_container(
+    bundles: Bundles,
+    input_root: Path | str = "/input",
+    output_root: Path | str = "/output",
+    device: str = "auto",
+) -> list[Path]:
+    """One patient in the challenge layout in, the three official outputs out."""
+    data = layout.read_container_input(input_root)
+    problems: list[Problem] = []
+    ehr = {k: v for k, v in data.ehr.items() if k in CLINICAL_COLUMNS}
+    frame = pd.DataFrame([{"PatientID": data.patient} | {k: str(v) for k, v in ehr.items()}])
+    table = layout.parse_table(frame, 1, Path(input_root) / "ehr.json", problems)
+    if problems:
+        raise InputError(problems)
+    clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
+    images = layout.CaseImages(data.patient, data.ct, data.pet, None)
+    with tempfile.TemporaryDirectory(prefix="hecktor-predict-") as work:
+        mask, row = Predictor(bundles, Path(work), device)(images, clinical)
+    return layout.write_container_outputs(
+        output_root, mask, float(row["RFS_risk"]), bool(row["HPV_status"])
+    )

@@ -1,0 +1,89 @@
+"""Bundles of the trained models, the MLflow registry and the champion rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from hecktor import tracking
+from hecktor.inference.bundle import NAMES, export_bundles, load_bundle, load_bundles
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundles_hold_weights_config_metrics_and_versions(bundle_dir, trained_cfg):
+    for task, name in NAMES.items():
+        bundle = load_bundle(bundle_dir / name)
+        manifest = bundle.manifest
+        assert manifest["task"] == task and manifest["name"] == name
+        assert manifest["config"]["prepare"] == trained_cfg.prepare.model_dump(mode="json")
+        assert {"code", "data", "prepared", "metrics", "score", "members"} <= set(manifest)
+        for member in bundle.members:  # weights only: loads with weights_only=True
+            state = torch.load(bundle.root / member["file"], weights_only=True)
+            assert "model" in state
+    assert len(load_bundle(bundle_dir / "hecktor-hpv").members) == trained_cfg.split.folds
+    rfs = load_bundle(bundle_dir / "hecktor-rfs")
+    assert rfs.manifest["mode"] == "pred"
+    assert all(m["risk_std"] > 0 for m in rfs.members)
+
+
+def test_a_broken_bundle_is_named(bundle_dir, tmp_path):
+    broken = tmp_path / "hecktor-seg"
+    shutil.copytree(bundle_dir / "hecktor-seg", broken)
+    (broken / "model.pt").unlink()
+    with pytest.raises(ValueError, match=r"model\.pt: weights file missing"):
+        load_bundle(broken)
+    with pytest.raises(ValueError, match="not a model bundle"):
+        load_bundle(tmp_path)
+
+
+def _with_score(src, dst, value):
+    """A copy of a bundle with another CV score (and so another digest)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "bundle.json").read_text())
+    manifest["score"]["value"] = value
+    manifest["data"] = f"{manifest['data']}-{dst.name}"
+    (dst / "bundle.json").write_text(json.dumps(manifest))
+    return load_bundle(dst)
+
+
+def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store, tmp_path):
+    src = bundle_dir / "hecktor-seg"
+    tags = {"profile": "tiny"}
+    first = tracking.register_bundle(_with_score(src, tmp_path / "a", 0.5), store, tags)
+    assert (first["version"], first["alias"]) == ("1", "champion")
+    again = tracking.register_bundle(load_bundle(tmp_path / "a"), store, tags)
+    assert again == first  # an unchanged bundle is not registered twice
+    worse = tracking.register_bundle(_with_score(src, tmp_path / "b", 0.4), store, tags)
+    assert (worse["version"], worse["alias"]) == ("2", "challenger")
+    tie = tracking.register_bundle(_with_score(src, tmp_path / "c", 0.5), store, tags)
+    assert tie["alias"] == "challenger"
+    better = tracking.register_bundle(_with_score(src, tmp_path / "d", 0.6), store, tags)
+    assert (better["version"], better["alias"]) == ("4", "champion")
+
+    client = MlflowClient(tracking.tracking_uri(store))
+    champion = client.get_model_version_by_alias("hecktor-seg", "champion")
+    assert str(champion.version) == "4" and champion.tags["cv_score"] == "0.6"
+    assert {"bundle_digest", "code", "data", "cv_metric", "profile"} <= set(champion.tags)
+    assert str(client.get_model_version_by_alias("hecktor-seg", "challenger").version) == "3"
+
+
+def test_predict_loads_the_champions_from_the_registry_and_export_copies_them(
+    bundle_dir, store, tmp_path, monkeypatch
+):
+    for name in NAMES.values():
+        tracking.register_bundle(load_bundle(bundle_dir / name), store, {})
+    bundles = load_bundles(store, tmp_path / "cache")
+    assert bundles.seg.digest() == load_bundle(bundle_dir / "hecktor-seg").digest()
+    assert bundles.sources["rfs"] == "models:/hecktor-rfs@champion (version 1)"
+    exported = export_bundles(bundles, tmp_path / "export")
+    offline = load_bundles(tmp_path / "no-store", tmp_path / "cache2", models_dir=exported)
+    assert offline.sources == bundles.sources
+    assert offline.hpv.digest() == bundles.hpv.digest()
+    monkeypatch.delenv(tracking.ENV, raising=False)  # MLflow exported the first store's URI
+    with pytest.raises(ValueError, match=r"models:/hecktor-seg@champion: not found"):
+        load_bundles(tmp_path / "empty", tmp_path / "cache3")
