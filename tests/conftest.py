@@ -73,24 +73,25 @@ def make_image(
     return image
 
 
-@pytest.fixture
-def project_cfg(tmp_path, tiny_config, release_dir, prepared_dir, split_cfg):
-    """A tiny-profile config whose outputs go to a temporary folder (inputs shared, read-only)."""
+def scratch_config(tiny_config, release_dir, prepared_dir, split_cfg, root: Path):
+    """The tiny config reading the shared release and prepared data, writing under ``root``."""
     from hecktor.config import override
     from hecktor.data.splits import write_splits
 
+    outputs = ("models", "predictions", "metrics", "plots", "reports", "mlruns", "studies", "tuned")
     paths = override(
         tiny_config.paths,
         release=release_dir,
         oracle=release_dir.parent / "oracle.csv",
         prepared=prepared_dir,
-        splits=tmp_path / "splits.json",
-        models=tmp_path / "models",
-        predictions=tmp_path / "predictions",
-        metrics=tmp_path / "metrics",
-        plots=tmp_path / "plots",
-        reports=tmp_path / "reports",
-        mlruns=tmp_path / "mlruns",
+        splits=root / "splits.json",
+        **{name: root / name for name in outputs},
     )
     write_splits(prepared_dir, paths.splits, split_cfg)
     return override(tiny_config, paths=paths)
+
+
+@pytest.fixture
+def project_cfg(tmp_path, tiny_config, release_dir, prepared_dir, split_cfg):
+    """A tiny-profile config whose outputs go to a temporary folder (inputs shared, read-only)."""
+    return scratch_config(tiny_config, release_dir, prepared_dir, split_cfg, tmp_path)

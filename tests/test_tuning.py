@@ -29,8 +29,7 @@ def project(project_cfg, tmp_path, monkeypatch):
     """A params file for the tiny profile writing to a temporary folder, and its config."""
     monkeypatch.delenv(tracking.ENV, raising=False)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    paths = {k: str(v) for k, v in project_cfg.paths.model_dump().items()}
-    raw["paths"] = paths | {"studies": str(tmp_path / "studies"), "tuned": str(tmp_path / "tuned")}
+    raw["paths"] = {k: str(v) for k, v in project_cfg.paths.model_dump().items()}
     raw["profile"] = "tiny"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))

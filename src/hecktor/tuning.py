@@ -163,10 +163,12 @@ def make_pruner(spec: TuneTask) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _sampler(spec: TuneTask, number: int) -> optuna.samplers.BaseSampler:
-    # Seeded by the trial number, not once per worker: two workers of one study must not draw the
-    # same values, and one worker must draw the same values on every machine.
-    return optuna.samplers.TPESampler(seed=spec.seed + number)
+def _sampler(task: str, spec: TuneTask, number: int) -> optuna.samplers.BaseSampler:
+    # Seeded by task and trial number, not once per worker: two workers of one study must not draw
+    # the same values, one worker must draw the same values on every machine, and two tasks with
+    # the same range should not draw the same values either.
+    seed = hashlib.sha256(f"{task}:{spec.seed}:{number}".encode()).digest()
+    return optuna.samplers.TPESampler(seed=int.from_bytes(seed[:4], "little"))
 
 
 def _worker() -> str:
@@ -322,7 +324,7 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
     with _study_run(cfg, study, experiment, track, task) as study_run:
         while counted(study.get_trials(deepcopy=False)) < target:
             trial = study.ask()
-            study.sampler = _sampler(spec, trial.number)
+            study.sampler = _sampler(task, spec, trial.number)
             try:
                 value = _run_trial(cfg, task, study, trial, study_run, experiment, track)
             except optuna.TrialPruned as err:

@@ -8,7 +8,6 @@ import mlflow
 import pytest
 
 from hecktor import tracking
-from hecktor.config import override
 
 
 @pytest.fixture(scope="session")
@@ -17,23 +16,12 @@ def trained_cfg(tmp_path_factory, tiny_config, release_dir, prepared_dir, split_
     from hecktor.crossval.hpv import crossval_hpv
     from hecktor.crossval.rfs import crossval_rfs
     from hecktor.crossval.seg import crossval_seg
-    from hecktor.data.splits import write_splits
     from hecktor.training.workflow import train
+    from tests.conftest import scratch_config
 
-    root = tmp_path_factory.mktemp("trained")
-    paths = override(
-        tiny_config.paths,
-        release=release_dir,
-        oracle=release_dir.parent / "oracle.csv",
-        prepared=prepared_dir,
-        splits=root / "splits.json",
-        **{k: root / k for k in ("models", "predictions", "metrics", "plots", "reports")},
-        mlruns=root / "mlruns",
-        studies=root / "studies",
-        tuned=root / "tuned",
+    cfg = scratch_config(
+        tiny_config, release_dir, prepared_dir, split_cfg, tmp_path_factory.mktemp("trained")
     )
-    write_splits(prepared_dir, paths.splits, split_cfg)
-    cfg = override(tiny_config, paths=paths)
     for task, score in (("seg", crossval_seg), ("hpv", crossval_hpv), ("rfs", crossval_rfs)):
         train(cfg, task, track=False)
         score(cfg, track=False)
