@@ -59,7 +59,9 @@ def test_study_tunes_on_the_inner_holdout_tracks_trials_and_feeds_training(proje
     study = _study(cfg)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert trials[0].params != trials[1].params  # the sampler is seeded per trial
+    assert trials[0].params == {"train.lr": cfg.seg.train.lr}  # first, the params as written
+    assert trials[0].user_attrs["params_file"] is True
+    assert trials[0].params != trials[1].params
     assert written["value"] == max(t.value for t in trials)
     assert not any((cfg.paths.studies / study.study_name).glob("trial-*"))  # checkpoints freed
 

@@ -4,7 +4,9 @@ A trial samples values from ``tune.<task>.space``, trains the task with :func:`t
 function as the training stage) on ``tune.<task>.folds`` for ``tune.<task>.epochs``, and returns the
 mean of the folds' validation scores. Task 2 trials train on true masks and HPV status only (they
 are still validated on predicted ones). The best trial's values go to ``tuned/<task>.yaml``, which
-training and scoring read (:func:`hecktor.config.apply_tuned`).
+training and scoring read (:func:`hecktor.config.apply_tuned`). A new study's first trial runs the
+values ``params.yaml`` sets (where they lie in the space), so tuning never ends worse, on its own
+objective, than not tuning.
 
 * **Pruner**: Wilcoxon signed-rank (``WilcoxonPruner``). Each fold's score is reported with the
   fold as the step, and a trial stops once its folds are worse than the best trial's *on the same
@@ -202,6 +204,30 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     return recovered
 
 
+def written_values(cfg: Config, task: str) -> dict[str, Any]:
+    """The search space's values as the params file sets them, where they lie inside the space.
+
+    A new study's first trial runs them, so the tuned values are never worse (on the study's
+    objective) than training with the params as written.
+    """
+    spec: TuneTask = getattr(cfg.tune, task)
+    section = getattr(cfg, task).model_dump(mode="json")
+    values: dict[str, Any] = {}
+    for key, dim in spec.space.items():
+        value: Any = section
+        for part in key.split("."):
+            value = value[part]
+        inside = (
+            value in (dim.choices or ())
+            if dim.kind == "categorical"
+            else dim.low is not None and dim.high is not None and dim.low <= value <= dim.high
+        )
+        if not inside:
+            return {}  # a partial trial would mix the params with sampled values
+        values[key] = value
+    return values
+
+
 def counted(trials: list[FrozenTrial]) -> int:
     """Trials that use up the budget: finished or running, less the failures retried since."""
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
@@ -320,6 +346,15 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
         load_if_exists=True,
     )
     recover_interrupted(study)
+    defaults = written_values(cfg, task)
+    if defaults and not study.trials:  # a new study starts from the params as written
+        from filelock import FileLock
+
+        lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):  # once, however many workers start together
+            if not study.get_trials(deepcopy=False):
+                study.enqueue_trial(defaults, user_attrs={"params_file": True})
     experiment = tracking.experiment(f"hecktor-tune-{task}", cfg.paths.mlruns) if track else ""
     with _study_run(cfg, study, experiment, track, task) as study_run:
         while counted(study.get_trials(deepcopy=False)) < target:
