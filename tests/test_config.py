@@ -90,3 +90,11 @@ def test_tuned_values_are_set_over_the_params(tmp_path):
     (tmp_path / "hpv.yaml").write_text("values:\n  dropout_rate: 0.3\n")
     with pytest.raises(ConfigError, match=r"hpv\.yaml: unknown key 'dropout_rate'"):
         apply_tuned(cfg)
+
+
+def test_a_digest_of_some_sections_ignores_the_others():
+    cfg = Config()
+    other = cfg.model_copy(update={"rfs": cfg.rfs.model_copy(update={"dropout": 0.4})})
+    assert other.digest() != cfg.digest()
+    assert other.digest(("prepare", "seg")) == cfg.digest(("prepare", "seg"))
+    assert other.digest(("seg", "rfs")) != cfg.digest(("seg", "rfs"))

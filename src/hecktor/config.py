@@ -254,9 +254,14 @@ class Config(_Section):
                     raise ValueError(f"tune.{task}.space: {err}") from None
         return self
 
-    def digest(self) -> str:
-        """Short stable hash of the resolved config, logged beside each run."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+    def digest(self, sections: tuple[str, ...] | None = None) -> str:
+        """Short stable hash of the resolved config (or of some sections), logged beside each run.
+
+        A file that DVC tracks must hash only the sections its stage depends on: the whole
+        config includes other tasks' tuned values, which are not that stage's inputs.
+        """
+        data = self.model_dump(mode="json", include=set(sections) if sections else None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

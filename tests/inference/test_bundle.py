@@ -80,9 +80,10 @@ def test_predict_loads_the_champions_from_the_registry_and_export_copies_them(
     bundles = load_bundles(store, tmp_path / "cache")
     assert bundles.seg.digest() == load_bundle(bundle_dir / "hecktor-seg").digest()
     assert bundles.sources["rfs"] == "models:/hecktor-rfs@champion (version 1)"
+    assert bundles.versions["rfs"] == "1" and bundles.describe()["rfs"]["version"] == "1"
     exported = export_bundles(bundles, tmp_path / "export")
     offline = load_bundles(tmp_path / "no-store", tmp_path / "cache2", models_dir=exported)
-    assert offline.sources == bundles.sources
+    assert offline.sources == bundles.sources and offline.versions == bundles.versions
     assert offline.hpv.digest() == bundles.hpv.digest()
     monkeypatch.delenv(tracking.ENV, raising=False)  # MLflow exported the first store's URI
     with pytest.raises(ValueError, match=r"models:/hecktor-seg@champion: not found"):

@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Bundles:
     hpv: Bundle
     rfs: Bundle
     sources: dict[str, str]
+    versions: dict[str, str | None] = field(default_factory=dict)  # registry versions
 
     def describe(self) -> dict[str, dict]:
         out = {}
@@ -55,7 +56,7 @@ class Bundles:
             out[task] = {
                 "name": bundle.manifest["name"],
                 "source": self.sources.get(task, str(bundle.root)),
-                "version": bundle.manifest.get("registry_version"),
+                "version": self.versions.get(task),
                 "digest": bundle.digest(),
                 "score": bundle.manifest.get("score"),
                 "code": bundle.manifest.get("code"),

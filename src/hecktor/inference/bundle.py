@@ -225,10 +225,10 @@ def load_bundles(
     from hecktor.tracking import fetch_bundle
 
     uris = uris or {}
-    exported = {}
+    exported: dict = {}
     if models_dir is not None and (Path(models_dir) / "sources.json").is_file():
         exported = json.loads((Path(models_dir) / "sources.json").read_text())
-    loaded, sources = {}, {}
+    loaded, sources, versions = {}, {}, {}
     for task, name in NAMES.items():
         uri = uris.get(task) or (
             str(Path(models_dir) / name) if models_dir is not None else f"models:/{name}@champion"
@@ -242,18 +242,25 @@ def load_bundles(
             ) from None
         loaded[task] = load_bundle(path)
         if task in exported:
-            sources[task] = exported[task]
+            sources[task] = exported[task]["source"]
+            versions[task] = exported[task]["version"]
         else:
             sources[task] = uri if version is None else f"{uri} (version {version})"
-    return Bundles(loaded["seg"], loaded["hpv"], loaded["rfs"], sources)
+            versions[task] = None if version is None else str(version)
+    return Bundles(loaded["seg"], loaded["hpv"], loaded["rfs"], sources, versions)
 
 
 def export_bundles(bundles, out: Path | str) -> Path:
-    """Copy the bundles into ``out/<name>/`` with ``sources.json`` (where each came from)."""
+    """Copy the bundles into ``out/<name>/`` with ``sources.json`` (where each came from, and
+    its registry version)."""
     out = Path(out)
     with io.atomic_dir(out) as tmp:
         for task in NAMES:
             bundle: Bundle = getattr(bundles, task)
             shutil.copytree(bundle.root, tmp / NAMES[task])
-        (tmp / "sources.json").write_text(json.dumps(bundles.sources, indent=1, sort_keys=True))
+        described = {
+            task: {"source": bundles.sources[task], "version": bundles.versions.get(task)}
+            for task in NAMES
+        }
+        (tmp / "sources.json").write_text(json.dumps(described, indent=1, sort_keys=True))
     return out

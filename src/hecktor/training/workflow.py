@@ -84,6 +84,13 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+# The config sections a task's models depend on (Task 3 starts from Task 1, Task 2 uses both).
+UPSTREAM = {
+    "seg": ("profile", "prepare", "split", "seg"),
+    "hpv": ("profile", "prepare", "split", "seg", "hpv"),
+    "rfs": ("profile", "prepare", "split", "seg", "hpv", "rfs"),
+}
+
 # Settings read only when trained models are scored: changing them must not retrain.
 EVALUATION_ONLY = {"seg": {"min_lesion_mm3", "baseline_suv", "figure_cases"}, "rfs": {"bootstrap"}}
 
@@ -150,7 +157,7 @@ def train(
     summary: dict = {
         "task": task,
         "split": task_cfg.split,
-        "config_hash": cfg.digest(),
+        "config_hash": cfg.digest(UPSTREAM[task]),
         "data": data,
         "folds": {},
         "modes": [m.rstrip("-") for m in modes if m],
