@@ -299,19 +299,25 @@ def _discard(cfg: Config, out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _study_lock(cfg: Config, study: optuna.Study):
+    """A file lock that the workers of one study share (the study storage has no transactions)."""
+    from filelock import FileLock
+
+    lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock))
+
+
 @contextlib.contextmanager
 def _study_run(cfg: Config, study: optuna.Study, experiment: str, track: bool, task: str):
     """The study's MLflow run: created by the first worker, shared by the others."""
     if not track:
         yield tracking.Tracker(None)
         return
-    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        with FileLock(str(lock)):
+        with _study_lock(cfg, study):
             run_id = study.user_attrs.get("mlflow_run_id")
             if run_id:
                 try:
@@ -348,11 +354,7 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
     recover_interrupted(study)
     defaults = written_values(cfg, task)
     if defaults and not study.trials:  # a new study starts from the params as written
-        from filelock import FileLock
-
-        lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock)):  # once, however many workers start together
+        with _study_lock(cfg, study):  # once, however many workers start together
             if not study.get_trials(deepcopy=False):
                 study.enqueue_trial(defaults, user_attrs={"params_file": True})
     experiment = tracking.experiment(f"hecktor-tune-{task}", cfg.paths.mlruns) if track else ""
@@ -372,10 +374,12 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
                 continue
             log.info("%s trial %d: %.4f %s", task, trial.number, value, trial.params)
             study.tell(trial, value)
-        result = summarise(cfg, task, study)
-        if track:
-            _log_study(study, study_run, result)
-    io.write_text(out_file, _render(result))
+        # Read, log and write under the lock: the worker that writes last has seen every trial.
+        with _study_lock(cfg, study):
+            result = summarise(cfg, task, study)
+            if track:
+                _log_study(study, study_run, result)
+            io.write_text(out_file, _render(result))
     log.info("%s: best trial %d of %s, %.4f %s -> %s", task, result["trial"], result["study"],
              result["value"], result["values"], out_file)  # fmt: skip
     return result
