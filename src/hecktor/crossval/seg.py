@@ -69,9 +69,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
                     model.load_state_dict(load_checkpoint(path, device)["model"])
                     models[variant] = model.eval()
             if "best" not in models:
-                raise FileNotFoundError(
-                    f"no trained model in {model_root / name}: run `hecktor train seg` first"
-                )
+                raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
             for patient in val_ids:
                 case = load_case(cfg.paths.prepared, patient)
                 _link(labels[patient], tmp / "truth" / f"{patient}.nii.gz")

@@ -29,7 +29,7 @@ from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import Geometry, preprocess, save_case, to_original_grid
 from hecktor.inference.bundle import Bundle
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import autocast_for, precision_for, resolve_device
+from hecktor.training.engine import autocast_for, model_from, precision_for, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,7 @@ class Predictor:
 
     def _load(self, task, bundle: Bundle, member: dict) -> tuple:
         state = bundle.weights(member, self.device)
-        if state.get("task") and hasattr(task, "load_state"):
-            task.load_state(state["task"])
-        model = task.build_model().to(self.device)
-        model.load_state_dict(state["model"])
-        return model.eval(), state.get("task", {}), member
+        return model_from(task, state, self.device), state.get("task", {}), member
 
     def __call__(
         self, images: layout.CaseImages, clinical: dict[str, object]

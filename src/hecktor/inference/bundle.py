@@ -141,6 +141,7 @@ def build_seg(cfg: Config, out: Path) -> Path:
 
 
 def _fold_files(cfg: Config, task: str, prefix: str = "") -> list[tuple[str, Path]]:
+    from hecktor.training.engine import trained_checkpoint
     from hecktor.training.workflow import task_folds
 
     folds, _ = task_folds(cfg, task)
@@ -148,11 +149,7 @@ def _fold_files(cfg: Config, task: str, prefix: str = "") -> list[tuple[str, Pat
     for name, kind, _, _ in folds:
         if kind != "kfold":
             continue
-        folder = Path(cfg.paths.models) / task / f"{prefix}{name}"
-        path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
-        if not path.is_file():
-            raise ValueError(f"{folder}: no trained model; run `hecktor train {task}`")
-        files.append((name, path))
+        files.append((name, trained_checkpoint(Path(cfg.paths.models) / task / f"{prefix}{name}")))
     if not files:
         raise ValueError(f"{task}: no k-fold models to bundle")
     return files

@@ -144,22 +144,35 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_trained(
-    task: Task, folder: Path | str, device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A fold's trained model (SWA if present, else best) in eval mode, with its checkpoint."""
+def trained_checkpoint(folder: Path | str) -> Path:
+    """A fold's final weights: after SWA when it ran, else the best epoch's."""
     folder = Path(folder)
-    path = folder / "swa.pt" if (folder / "swa.pt").is_file() else folder / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no trained model in {folder}: run `hecktor train {task.name}` first"
-        )
-    state = load_checkpoint(path, device)
+    for name in ("swa.pt", "best.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    # a ValueError: the command line reports it as one line, like any other unusable input
+    raise ValueError(f"{folder}: no trained model (swa.pt or best.pt); run `hecktor train` first")
+
+
+def model_from(task: Task, state: dict[str, Any], device: torch.device) -> nn.Module:
+    """The checkpoint's network in eval mode, after restoring the task's fitted state.
+
+    The task state (e.g. a clinical encoder fitted on the fold's training patients) comes first:
+    it decides the network's input width.
+    """
     if state.get("task") and hasattr(task, "load_state"):
         task.load_state(state["task"])
     model = task.build_model().to(device)
     model.load_state_dict(state["model"])
-    return model.eval(), state
+    return model.eval()
+
+
+def load_trained(
+    task: Task, folder: Path | str, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fold's trained model in eval mode, with its checkpoint."""
+    state = load_checkpoint(trained_checkpoint(folder), device)
+    return model_from(task, state, device), state
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import build_dynunet, divisor, plan
 from hecktor.models.survival import SurvivalNet
-from hecktor.training.engine import load_checkpoint
+from hecktor.training.engine import load_checkpoint, trained_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,19 @@ class SegmentationTask:
         return {k: float(scores[k]) for k in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score")}
 
 
+def fold_score(fold: dict) -> float:
+    """A trained fold's validation score: after SWA when there was SWA, else the best epoch's."""
+    return float((fold["swa"] or fold["best"] or {}).get("score", float("nan")))
+
+
 def seg_checkpoint(models: Path | str) -> Path | None:
-    """The Task 1 weights to start Task 3 from: SWA (else best) of the best-scoring fold."""
+    """The Task 1 weights to start Task 3 from: the final weights of the best-scoring fold."""
     summary_path = Path(models) / "seg" / "summary.json"
     if not summary_path.is_file():
         return None
     folds = json.loads(summary_path.read_text())["folds"]
-    name = max(folds, key=lambda f: (folds[f]["swa"] or folds[f]["best"] or {}).get("score", -1.0))
-    for variant in ("swa.pt", "best.pt"):
-        if (Path(models) / "seg" / name / variant).is_file():
-            return Path(models) / "seg" / name / variant
-    return None
+    name = max(folds, key=lambda f: np.nan_to_num(fold_score(folds[f]), nan=-1.0))
+    return trained_checkpoint(Path(models) / "seg" / name)
 
 
 class ClinicalDataset(Dataset):
