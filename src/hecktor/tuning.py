@@ -83,7 +83,7 @@ def study_name(cfg: Config, task: str) -> str:
             "tune": spec.model_dump(mode="json", exclude={"trials"}),
             "data": data_fingerprint(cfg.paths.prepared),
             "splits": hashlib.sha256(splits.read_bytes()).hexdigest() if splits.is_file() else "",
-            "code": code_fingerprint(),
+            "code": code_fingerprint(("tuning.py",)),
         },
         sort_keys=True,
     )

@@ -162,3 +162,42 @@ def test_checkpoints_are_keyed_by_code_and_training_settings_only(tiny_config, m
     assert workflow.fold_hash(tiny_config, "seg", fold, "other data") != key
     monkeypatch.setattr(workflow, "code_fingerprint", lambda: "edited code")
     assert workflow.fold_hash(tiny_config, "seg", fold, "data") != key
+
+
+def test_code_fingerprint_follows_training_code_only(tmp_path):
+    from hecktor.training.workflow import source_digest
+
+    for name in ("training/engine.py", "models/net.py", "inference/batch.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    parts = ("training", "models/net.py")
+    key = source_digest(tmp_path, parts)
+    (tmp_path / "inference" / "batch.py").write_text("x = 2\n")  # inference is not training code
+    assert source_digest(tmp_path, parts) == key
+    (tmp_path / "training" / "engine.py").write_text("x = 2\n")
+    edited = source_digest(tmp_path, parts)
+    assert edited != key
+    (tmp_path / "training" / "engine.py").rename(tmp_path / "training" / "loop.py")
+    assert source_digest(tmp_path, parts) != edited  # a renamed module counts too
+    assert source_digest(tmp_path, (*parts, "inference/batch.py")) != source_digest(tmp_path, parts)
+
+
+def test_training_stages_rerun_on_every_module_that_keys_their_checkpoints():
+    """DVC must rerun training whenever the code fingerprint changes, or it would keep stale models."""
+    import yaml
+
+    from hecktor.training.workflow import TRAINING_CODE
+    from tests.conftest import ROOT
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    extra = {"tune": ("tuning.py",), "derive": ("inference/derived.py", "crossval/hpv.py")}
+    checked = 0
+    for name, stage in stages.items():
+        kind = name.split("_")[0]
+        if kind not in ("tune", "train", "derive"):
+            continue
+        deps = [d.removeprefix("src/hecktor/") for d in stage["deps"] if d.startswith("src/")]
+        for module in TRAINING_CODE + extra.get(kind, ()):
+            assert any(module == d or module.startswith(f"{d}/") for d in deps), (name, module)
+        checked += 1
+    assert checked == 7

@@ -27,7 +27,14 @@ from hecktor.config import Config
 from hecktor.data.preprocess import load_case
 from hecktor.data.splits import load_splits
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.engine import (
+    autocast_for,
+    load_checkpoint,
+    model_from,
+    precision_for,
+    resolve_device,
+    trained_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +56,16 @@ def derive_rfs_inputs(cfg: Config) -> Path:
     seg_summary = json.loads((seg_root / "summary.json").read_text())
     seg_folds = []
     splits = load_splits(cfg.paths.splits)
-    from hecktor.training.workflow import folds_of
+    from hecktor.training.workflow import code_fingerprint, folds_of
 
     for name, train_ids, _ in folds_of(splits, "seg", cfg.seg.split, cfg.seg.folds):
         if name in seg_summary["folds"]:
-            path = seg_root / name / "swa.pt"
-            seg_folds.append(
-                (name, set(train_ids), path if path.is_file() else seg_root / name / "best.pt")
-            )
+            seg_folds.append((name, set(train_ids), trained_checkpoint(seg_root / name)))
     hpv_paths = sorted((Path(cfg.paths.models) / "hpv").glob("*/best.pt"))
-    key = _fingerprint(
+    weights = _fingerprint(
         [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]
     )
+    key = f"{weights}:{code_fingerprint(('inference/derived.py', 'crossval/hpv.py'))}"
     if (
         (out / "inputs.csv").is_file()
         and (out / "key.txt").is_file()
@@ -72,11 +77,8 @@ def derive_rfs_inputs(cfg: Config) -> Path:
     device = resolve_device(cfg.seg.train.device)
     autocast = autocast_for(precision_for(cfg.seg.train.precision, device), device)
     seg_task = SegmentationTask(cfg.seg, cfg.paths.prepared)
-    models = {}
-    for name, _, path in seg_folds:
-        model = seg_task.build_model().to(device)
-        model.load_state_dict(load_checkpoint(path, device)["model"])
-        models[name] = model.eval()
+    models = {name: model_from(seg_task, load_checkpoint(path, device), device)
+              for name, _, path in seg_folds}  # fmt: skip
     hpv_task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared)
     hpv_models = [m for m in load_models(cfg, hpv_task) if m.kind == "kfold"]
     oof, _ = logits_of(cfg, hpv_task, hpv_models)

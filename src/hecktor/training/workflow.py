@@ -21,7 +21,7 @@ from hecktor import io, tracking
 from hecktor.config import Config, read_tuned
 from hecktor.data.splits import load_splits
 from hecktor.training.engine import distributed, fit, swa
-from hecktor.training.tasks import build_task
+from hecktor.training.tasks import build_task, fold_score
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,38 @@ def data_fingerprint(prepared: Path | str) -> str:
     return digest.hexdigest()[:12]
 
 
-def code_fingerprint() -> str:
-    """A hash of the package's source: a checkpoint written by other code is not resumed."""
+# The modules (package-relative) whose code decides what training learns: their hash keys resumable
+# checkpoints, studies and bundles. Inference, reporting or CLI edits leave trained models valid.
+# The training and tuning stages of dvc.yaml depend on the same files (a test holds them together).
+TRAINING_CODE = (
+    "training",
+    "models",
+    "losses.py",
+    "metrics.py",
+    "data/loading.py",
+    "data/clinical.py",
+    "data/preprocess.py",
+    "inference/predictor.py",
+)
+
+
+def source_digest(root: Path | str, parts: tuple[str, ...]) -> str:
+    """A hash of the ``.py`` files at ``parts`` (files or folders) under ``root``, names included."""
+    root = Path(root)
+    files = set()
+    for part in parts:
+        path = root / part
+        files |= set(path.rglob("*.py")) if path.is_dir() else {path}
     digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def code_fingerprint(extra: tuple[str, ...] = ()) -> str:
+    """A hash of the training code (plus ``extra`` modules): other code's checkpoints are not resumed."""
+    return source_digest(Path(__file__).resolve().parents[1], TRAINING_CODE + extra)
 
 
 # The config sections a task's models depend on (Task 3 starts from Task 1, Task 2 uses both).
@@ -102,11 +126,6 @@ def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], da
         {"task": settings, "data": data, "fold": fold, "code": code_fingerprint()}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def fold_score(fold: dict) -> float:
-    """A trained fold's validation score: after SWA when there was SWA, else the best epoch's."""
-    return float((fold["swa"] or fold["best"] or {}).get("score", float("nan")))
 
 
 def train(
