@@ -120,6 +120,45 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(project, monkeypatch)
     assert result["trial"] in (1, 2)
 
 
+def test_a_trial_worse_than_the_best_on_the_same_folds_is_pruned(project, monkeypatch):
+    """The pruning path end to end: fold scores reach the pruner, the trial stops and is recorded.
+
+    Training is replaced by fold scores chosen by the trial's values (real training cannot be made
+    to score badly on demand): the params as written score well on every fold, sampled values badly.
+    """
+    from hecktor.config import override
+
+    _, cfg = project
+    spec = override(cfg.tune.rfs, folds=(0, 1, 2), pruner="wilcoxon", p_threshold=0.2)
+    cfg = cfg.model_copy(update={"tune": override(cfg.tune, rfs=spec)})
+    written = cfg.rfs.dropout
+
+    def scored_by_values(trial_cfg, task, track, *, on_fold, folds, **_):
+        good = trial_cfg.rfs.dropout == written
+        for index, (name, _, _) in enumerate(folds):
+            on_fold(index, name, (0.8 if good else 0.3) + 0.01 * index)
+        return {}
+
+    monkeypatch.setattr(tuning, "train", scored_by_values)
+    result = tuning.tune(cfg, "rfs", trials=3)
+    trials = _study(cfg, "rfs").get_trials()
+    assert len(tuning.tuning_folds(tuning.trial_config(cfg, "rfs", {}), "rfs")) == 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 2
+    assert trials[0].params["dropout"] == written
+    assert [max(t.intermediate_values) for t in trials] == [2, 2, 2]  # pruned after fold 3 of 3
+    assert result["trials"] == {"complete": 1, "pruned": 2, "fail": 0} and result["trial"] == 0
+    assert read_tuned(cfg, "rfs")["values"] == {"dropout": written}
+
+    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    experiment = client.get_experiment_by_name("hecktor-tune-rfs")
+    states = {
+        r.data.tags["optuna_trial"]: r.data.tags["optuna_state"]
+        for r in client.search_runs([experiment.experiment_id])
+        if "optuna_trial" in r.data.tags
+    }
+    assert states == {"0": "COMPLETE", "1": "PRUNED", "2": "PRUNED"}
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study(project):
     params, cfg = project
