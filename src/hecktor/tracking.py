@@ -8,6 +8,7 @@ absolute paths, so ``dvc exp run --temp`` (which runs in a copy of the repo) log
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import subprocess
@@ -19,6 +20,8 @@ import yaml
 from hecktor.config import Config
 
 ENV = "MLFLOW_TRACKING_URI"
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(mlruns: Path | str) -> str:
@@ -233,15 +236,27 @@ def _champion(client, name: str):
         return None
 
 
-def promote(client, name: str, version: str, score: float) -> str:
+def promote(client, name: str, version: str, score: float, data: str | None = None) -> str:
     """Move ``champion`` to ``version`` if it beats the current champion's CV score, else mark it
-    ``challenger``. A first version is champion; a tie keeps the incumbent."""
+    ``challenger``. A first version is champion; a tie keeps the incumbent.
+
+    Scores on different data are not comparable: a challenger trained on other data than the
+    champion (``data`` tag) is kept out as the rule says, with a warning saying how to promote it.
+    """
     champion = _champion(client, name)
     if champion is not None and str(champion.version) == str(version):
         return CHAMPION
     best = float(champion.tags.get("cv_score", "-inf")) if champion is not None else -math.inf
     alias = CHAMPION if champion is None or score > best else CHALLENGER
     client.set_registered_model_alias(name, alias, str(version))
+    if alias == CHALLENGER and data and champion.tags.get("data", data) != data:
+        log.warning(
+            "%s version %s (data %s, CV %.4f) stays challenger to champion version %s, trained on "
+            "other data (%s, CV %.4f): the scores are not comparable. To serve it: MlflowClient()"
+            ".set_registered_model_alias(%r, 'champion', %r)",
+            name, version, data, score, champion.version, champion.tags["data"], best, name,
+            str(version),
+        )  # fmt: skip
     return alias
 
 
@@ -283,7 +298,7 @@ def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[st
         version = client.create_model_version(
             name, f"runs:/{logged.run_id}/{name}", run_id=logged.run_id, tags=version_tags
         ).version
-    alias = promote(client, name, version, score)
+    alias = promote(client, name, version, score, bundle.manifest["data"])
     return {"name": name, "version": str(version), "alias": alias, "score": repr(score)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -51,15 +52,19 @@ def _with_score(src, dst, value):
     return load_bundle(dst)
 
 
-def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store, tmp_path):
+def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store, tmp_path, caplog):
     src = bundle_dir / "hecktor-seg"
     tags = {"profile": "tiny"}
     first = tracking.register_bundle(_with_score(src, tmp_path / "a", 0.5), store, tags)
     assert (first["version"], first["alias"]) == ("1", "champion")
     again = tracking.register_bundle(load_bundle(tmp_path / "a"), store, tags)
     assert again == first  # an unchanged bundle is not registered twice
-    worse = tracking.register_bundle(_with_score(src, tmp_path / "b", 0.4), store, tags)
+    with caplog.at_level(logging.WARNING, logger="hecktor.tracking"):
+        worse = tracking.register_bundle(_with_score(src, tmp_path / "b", 0.4), store, tags)
     assert (worse["version"], worse["alias"]) == ("2", "challenger")
+    assert (
+        "trained on other data" in caplog.text and "'hecktor-seg', 'champion', '2'" in caplog.text
+    )
     tie = tracking.register_bundle(_with_score(src, tmp_path / "c", 0.5), store, tags)
     assert tie["alias"] == "challenger"
     better = tracking.register_bundle(_with_score(src, tmp_path / "d", 0.6), store, tags)
