@@ -211,9 +211,8 @@ def find_patients(root: Path | str, clinical: Path | str | None = None) -> list[
         frame = frame.set_index("PatientID") if len(frame) else frame
         if clinical is not None:
             frame = _clinical(Path(clinical), table_problems)
-        found = {
-            p: (release.image_case(p).ct, release.image_case(p).pet) for p in release.patients()
-        }
+        cases = {p: release.image_case(p) for p in release.patients()}
+        found = {p: (case.ct, case.pet) for p, case in cases.items()}
         missing = [p for p in release.problems if p.patient not in {"-", *found}]
         problems += missing
     else:
@@ -262,8 +261,8 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _models_key(bundles: Bundles) -> str:
-    return json.dumps({t: m["digest"] for t, m in bundles.describe().items()}, sort_keys=True)
+def _models_key(described: dict[str, dict]) -> str:
+    return json.dumps({t: m["digest"] for t, m in described.items()}, sort_keys=True)
 
 
 def predict_folder(
@@ -283,7 +282,8 @@ def predict_folder(
     output = Path(output)
     parts = output / ".parts"
     parts.mkdir(parents=True, exist_ok=True)
-    key = _models_key(bundles)
+    described = bundles.describe()  # digests read every weights file: once per run
+    key = _models_key(described)
     patients = find_patients(input_dir, clinical)
     failures: list[dict[str, str]] = []
     skipped = 0
@@ -318,7 +318,7 @@ def predict_folder(
     manifest = {
         "input": str(Path(input_dir).resolve()),
         "clinical": str(Path(clinical).resolve()) if clinical else None,
-        "models": bundles.describe(),
+        "models": described,
         "patients": len(patients),
         "predicted": len(rows),
         "reused": skipped,
