@@ -22,7 +22,13 @@ from hecktor.data import layout
 from hecktor.data.preprocess import Geometry, load_case, to_original_grid
 from hecktor.data.splits import load_splits
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import autocast_for, load_checkpoint, precision_for, resolve_device
+from hecktor.training.engine import (
+    autocast_for,
+    load_checkpoint,
+    model_from,
+    precision_for,
+    resolve_device,
+)
 from hecktor.training.tasks import SegmentationTask
 from hecktor.training.workflow import folds_of
 
@@ -65,9 +71,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
             for variant in ("best", "swa"):
                 path = model_root / name / f"{variant}.pt"
                 if path.is_file():
-                    model = task.build_model().to(device)
-                    model.load_state_dict(load_checkpoint(path, device)["model"])
-                    models[variant] = model.eval()
+                    models[variant] = model_from(task, load_checkpoint(path, device), device)
             if "best" not in models:
                 raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
             for patient in val_ids:

@@ -172,7 +172,13 @@ def build_hpv(cfg: Config, out: Path) -> Path:
 def build_rfs(cfg: Config, out: Path) -> Path:
     from hecktor.crossval.rfs import risk_scale
     from hecktor.inference.derived import derive_rfs_inputs
-    from hecktor.training.engine import autocast_for, load_trained, precision_for, resolve_device
+    from hecktor.training.engine import (
+        autocast_for,
+        load_checkpoint,
+        model_from,
+        precision_for,
+        resolve_device,
+    )
     from hecktor.training.tasks import RFSTask
     from hecktor.training.workflow import task_folds
 
@@ -185,7 +191,7 @@ def build_rfs(cfg: Config, out: Path) -> Path:
     train_of = {name: train for name, _, train, _ in task_folds(cfg, "rfs")[0]}
     members = []
     for name, path in files:
-        model, _ = load_trained(task, path.parent, device)
+        model = model_from(task, load_checkpoint(path, device), device)  # the file bundled
         mean, std = risk_scale(task, model, train_of[name], device, autocast)
         members.append({"file": f"{name}.pt", "fold": name, "risk_mean": mean, "risk_std": std})
     cv = result["network"][mode]["cv"]
