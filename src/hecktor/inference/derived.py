@@ -46,26 +46,37 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
+    """The Task 1 fold models (name, training patients, weights) and the key of what the inputs
+    derive from: the weights the models load, the cohort and this code."""
+    from hecktor.training.workflow import code_fingerprint, folds_of
+
+    seg_root = Path(cfg.paths.models) / "seg"
+    seg_summary = json.loads((seg_root / "summary.json").read_text())
+    splits = load_splits(cfg.paths.splits)
+    seg_folds = [
+        (name, set(train_ids), trained_checkpoint(seg_root / name))
+        for name, train_ids, _ in folds_of(splits, "seg", cfg.seg.split, cfg.seg.folds)
+        if name in seg_summary["folds"]
+    ]
+    # the weights the HPV fold models load (SWA when it ran): a new SWA result must remake the inputs
+    hpv_paths = [
+        trained_checkpoint(p.parent)
+        for p in sorted(Path(cfg.paths.models, "hpv").glob("*/best.pt"))
+    ]
+    weights = _fingerprint(
+        [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]
+    )
+    return seg_folds, f"{weights}:{code_fingerprint(('inference/derived.py', 'crossval/hpv.py'))}"
+
+
 def derive_rfs_inputs(cfg: Config) -> Path:
     """Predicted masks and HPV logits for every Task 2 patient; returns the folder."""
     from hecktor.crossval.hpv import load_models, logits_of
     from hecktor.training.tasks import HPVTask, SegmentationTask
 
     out = Path(cfg.paths.models) / "rfs_inputs"
-    seg_root = Path(cfg.paths.models) / "seg"
-    seg_summary = json.loads((seg_root / "summary.json").read_text())
-    seg_folds = []
-    splits = load_splits(cfg.paths.splits)
-    from hecktor.training.workflow import code_fingerprint, folds_of
-
-    for name, train_ids, _ in folds_of(splits, "seg", cfg.seg.split, cfg.seg.folds):
-        if name in seg_summary["folds"]:
-            seg_folds.append((name, set(train_ids), trained_checkpoint(seg_root / name)))
-    hpv_paths = sorted((Path(cfg.paths.models) / "hpv").glob("*/best.pt"))
-    weights = _fingerprint(
-        [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]
-    )
-    key = f"{weights}:{code_fingerprint(('inference/derived.py', 'crossval/hpv.py'))}"
+    seg_folds, key = _sources(cfg)
     if (
         (out / "inputs.csv").is_file()
         and (out / "key.txt").is_file()
