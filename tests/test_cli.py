@@ -70,6 +70,38 @@ def test_bad_release_exits_non_zero_with_the_patient_named(tmp_path, release_cop
     assert not out.exists()
 
 
+def test_a_profile_without_a_params_file_is_an_error_naming_the_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--profile", "tiny", "--out", "rel"]) == 2
+    assert str(tmp_path / "params.yaml") in caplog.text and "--profile tiny" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["synth", "prepare"])
+def test_an_output_folder_with_a_foreign_file_is_refused_before_any_work(
+    tmp_path, release_dir, verb, caplog
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    extra = ["--release", str(release_dir)] if verb == "prepare" else ["--patients", "4"]
+    assert main([verb, *params, *extra, "--out", str(out)]) == 2
+    assert "notes.txt" in caplog.text and str(out) in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no oracle, no temporary folder
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_synth_refuses_an_oracle_path_that_is_not_an_oracle(tmp_path, caplog):
+    table = tmp_path / "clinical.csv"
+    table.write_text("PatientID,Age\nA-1,50\n")
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    args = ["synth", *params, "--patients", "4", "--out", str(tmp_path / "rel")]
+    assert main([*args, "--oracle", str(table)]) == 2
+    assert table.read_text() == "PatientID,Age\nA-1,50\n" and not (tmp_path / "rel").exists()
+
+
 def test_bad_params_exit_non_zero_with_the_key_named(tmp_path, caplog):
     bad = tmp_path / "params.yaml"
     bad.write_text("split:\n  folds: 1\n")

@@ -54,6 +54,22 @@ def test_unknown_profile_fails():
         resolve({"profiles": {"tiny": {}}}, "huge")
 
 
+def test_a_bad_value_fails_whichever_profile_is_chosen():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profiles"]["paper"]["split"]["folds"] = 1  # only paper is wrong
+    with pytest.raises(ConfigError, match=r"profile paper.*\n.*split\.folds"):
+        resolve(raw, "tiny")
+
+
+def test_a_bad_base_value_fails_even_when_every_profile_overrides_it():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["split"]["folds"] = 1
+    for profile in raw["profiles"].values():
+        profile.setdefault("split", {})["folds"] = 3
+    with pytest.raises(ConfigError, match=r"shared sections.*\n.*split\.folds"):
+        resolve(raw, "tiny")
+
+
 def test_missing_file_fails(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -61,12 +61,24 @@ def test_missing_prediction_is_named(tmp_path, perfect_predictions, release_dir,
     assert not out.exists()
 
 
-def test_extra_prediction_is_named(perfect_predictions, release_dir):
+def test_extra_prediction_is_ignored_by_name_for_every_task(
+    perfect_predictions, release_dir, tmp_path, caplog
+):
     shutil.copy(
         sorted(perfect_predictions.glob("*.nii.gz"))[0], perfect_predictions / "XYZ-999.nii.gz"
     )
-    with pytest.raises(InputError, match=r"XYZ-999: .*predicted but not in the truth"):
-        evaluation.evaluate_segmentation(perfect_predictions, release_dir / "Task 1")
+    result = evaluation.evaluate_segmentation(perfect_predictions, release_dir / "Task 1")
+    assert result["GTVp_DSC"] == 1.0 and "XYZ-999" in caplog.text
+    caplog.clear()
+    truth = release_dir / "Task 2" / layout.TASK_CSV[2]
+    patients = pd.read_csv(truth)["PatientID"].tolist()
+    pred = tmp_path / "risk.csv"
+    pred.write_text(
+        "PatientID,Prediction\n"
+        + "".join(f"{p},{i}\n" for i, p in enumerate([*patients, "XYZ-888"]))
+    )
+    evaluation.evaluate_survival(pred, truth)
+    assert "XYZ-888" in caplog.text
 
 
 def test_prediction_off_grid_is_named(perfect_predictions, release_dir):
@@ -133,3 +145,47 @@ def test_result_is_json_serialisable_numbers(perfect_predictions, release_dir):
     result = evaluation.evaluate_segmentation(perfect_predictions, release_dir / "Task 1")
     assert isinstance(json.loads(json.dumps(result))["GTVn_F1agg"], float)
     assert np.isfinite(result["score"])
+
+
+def _risk_and_truth(tmp_path, release_dir, relapse: int):
+    table = pd.read_csv(_truth_table(release_dir, 2))
+    table["Relapse"] = relapse
+    truth = tmp_path / "truth.csv"
+    table.to_csv(truth, index=False)
+    pred = tmp_path / "rfs.csv"
+    pd.DataFrame({"PatientID": table["PatientID"], "Prediction": -table["RFS"]}).to_csv(
+        pred, index=False
+    )
+    return pred, truth
+
+
+def test_rfs_without_events_writes_strict_json_with_null_and_says_why(
+    tmp_path, release_dir, caplog
+):
+    pred, truth = _risk_and_truth(tmp_path, release_dir, relapse=0)
+    out = tmp_path / "rfs.json"
+    assert main(["evaluate", "rfs", "--pred", str(pred), "--truth", str(truth), "--out", str(out)]) == 0  # fmt: skip
+    text = out.read_text()
+    result = json.loads(text, parse_constant=pytest.fail)  # NaN would call parse_constant
+    assert result["c_index"] is None and result["n_events"] == 0
+    assert "no relapse" in caplog.text and "written as null" in caplog.text
+
+
+def test_evaluate_out_that_is_a_folder_or_someone_elses_file_is_one_line_exit_2(
+    tmp_path, release_dir, caplog
+):
+    pred, truth = _risk_and_truth(tmp_path, release_dir, relapse=1)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    args = ["evaluate", "rfs", "--pred", str(pred), "--truth", str(truth), "--out"]
+    assert main([*args, str(folder)]) == 2
+    assert "is a folder" in caplog.text and "Traceback" not in caplog.text
+    assert list(folder.iterdir()) == []
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"mine": true}')
+    assert main([*args, str(foreign)]) == 2
+    assert foreign.read_text() == '{"mine": true}'
+    assert main([*args, str(pred)]) == 2  # the output would overwrite an input
+    assert pred.read_text().startswith("PatientID,Prediction")
+    ours = tmp_path / "rfs.json"
+    assert main([*args, str(ours)]) == 0 and main([*args, str(ours)]) == 0  # its own: rewritten

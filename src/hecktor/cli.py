@@ -49,20 +49,8 @@ def _synth(args: argparse.Namespace, cfg: Config) -> None:
 def _validate(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.data import layout
 
-    release = layout.scan_release(args.release or cfg.paths.release)
-    problems = list(release.problems)
-    layout.read_tables(release, problems)
-    cases = [release.image_case(p) for p in release.patients()]
-    from tqdm import tqdm
-
-    for case in tqdm(cases, desc="validate", unit="patient"):
-        try:
-            layout.load_case(case)
-        except InputError as err:
-            problems.extend(err.problems)
-    if problems:
-        raise InputError(problems)
-    log.info("release %s is valid: %d patients", release.root, len(cases))
+    release = layout.validate_release(args.release or cfg.paths.release)
+    log.info("release %s is valid: %d patients", release.root, len(release.patients()))
 
 
 def _prepare(args: argparse.Namespace, cfg: Config) -> None:
@@ -95,8 +83,10 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> None:
         "rfs": evaluation.evaluate_survival,
         "hpv": evaluation.evaluate_hpv,
     }[args.task]
-    result = scorer(args.pred, args.truth)
-    io.write_json(args.out, result)
+    command = f"evaluate {args.task}"
+    out = io.claim_json(args.out, command, [args.pred, args.truth])
+    result = {"written_by": f"hecktor {command}", **scorer(args.pred, args.truth)}
+    io.write_json(out, result)
     headline = {k: v for k, v in result.items() if isinstance(v, float)}
     log.info("%s: %s -> %s", args.task, {k: round(v, 4) for k, v in headline.items()}, args.out)
 
@@ -189,7 +179,11 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
             return 0
         if not args.input or not args.output:
             raise ValueError("predict: --input and --output are required (or --container)")
-        manifest = predict_folder(bundles, args.input, args.output, args.clinical, args.device)
+        if args.clinical and args.no_clinical:
+            raise ValueError("predict: give --clinical or --no-clinical, not both")
+        manifest = predict_folder(
+            bundles, args.input, args.output, args.clinical, args.device, args.no_clinical
+        )
     if manifest["failed"]:
         log.error("%d patient(s) failed: %s", len(manifest["failed"]),
                   ", ".join(f["PatientID"] for f in manifest["failed"]))  # fmt: skip
@@ -215,6 +209,20 @@ def _ui(args: argparse.Namespace, cfg: Config) -> None:
     command = ui_command(cfg.paths.mlruns, args.host, args.port)
     log.info("MLflow UI on http://%s:%d (Ctrl-C to stop)", args.host, args.port)
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The params file's config for the chosen profile. Without a params file, the built-in
+    defaults, unless a profile is asked for: a profile lives in a params file, so that is an error."""
+    if Path(args.params).is_file() or args.params != "params.yaml":
+        return load_config(args.params, args.profile)
+    if args.profile:
+        raise ConfigError(
+            f"--profile {args.profile}: no params file at {Path(args.params).resolve()}; "
+            "run from the project folder or give --params"
+        )
+    log.debug("no %s here: built-in defaults", args.params)
+    return Config()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(exit code 1). --container: the challenge container's one-patient I/O.")  # fmt: skip
     p.add_argument("--input", help="input folder (--container: default /input)")
     p.add_argument("--output", help="output folder (--container: default /output)")
-    p.add_argument("--clinical", help="clinical CSV (PatientID and any clinical columns; optional)")
+    p.add_argument("--clinical", help="clinical CSV: PatientID and any of the official clinical "
+                   "columns, a row per patient (default: the release's tables)")  # fmt: skip
+    p.add_argument("--no-clinical", action="store_true",
+                   help="predict with every clinical value unknown")  # fmt: skip
     p.add_argument("--container", action="store_true",
                    help="read images/ct/*.mha, images/pet/*.mha, ehr.json; write the official outputs")  # fmt: skip
     p.add_argument("--device", default="auto", help="torch device (default: a GPU if present)")
@@ -364,11 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        cfg = (
-            load_config(args.params, args.profile)
-            if Path(args.params).is_file() or args.params != "params.yaml"
-            else Config()
-        )
+        cfg = _config(args)
         # tuned values apply everywhere, except to the study that is choosing them
         cfg = apply_tuned(cfg, skip=(args.task,) if args.verb == "tune" else ())
         code = args.func(args, cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -285,25 +285,47 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve(raw: dict[str, Any], profile: str | None = None) -> Config:
-    """Merge the chosen profile over the shared defaults and validate."""
-    raw = dict(raw)
-    profiles = raw.pop("profiles", {}) or {}
-    name = profile or raw.get("profile", "demo")
-    if name not in profiles and profiles:
-        raise ConfigError(
-            f"profile: unknown profile {name!r}; params.yaml defines {sorted(profiles)}"
-        )
-    merged = _merge(raw, profiles.get(name, {}) or {})
-    merged["profile"] = name
+def _validate(data: dict[str, Any], where: str) -> Config:
     try:
-        return Config.model_validate(merged)
+        return Config.model_validate(data)
     except ValidationError as err:
         lines = [
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
             for e in err.errors()
         ]
-        raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"invalid params ({where}):\n  " + "\n  ".join(lines)) from None
+
+
+def resolve(raw: dict[str, Any], profile: str | None = None) -> Config:
+    """Merge the chosen profile over the shared defaults and validate.
+
+    The shared sections alone and every profile are validated too, not only the chosen one, so a
+    bad value fails when the file is read, whichever profile runs.
+    """
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: expected a mapping of profile names to overrides")
+    name = profile or raw.get("profile", "demo")
+    if name not in profiles and profiles:
+        raise ConfigError(
+            f"profile: unknown profile {name!r}; params.yaml defines {sorted(profiles)}"
+        )
+    for other, values in profiles.items():
+        if other not in get_args(Profile):
+            raise ConfigError(
+                f"profiles.{other}: unknown profile; known: {list(get_args(Profile))}"
+            )
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"profiles.{other}: expected a mapping of overrides")
+    _validate({**raw, "profile": name}, "shared sections, before any profile")
+    chosen = None
+    for other in sorted(profiles, key=lambda p: p != name):  # the chosen profile first
+        config = _validate(
+            {**_merge(raw, profiles[other] or {}), "profile": other}, f"profile {other}"
+        )
+        chosen = config if other == name else chosen
+    return chosen or _validate({**raw, "profile": name}, f"profile {name}")
 
 
 def load_config(path: Path | str = "params.yaml", profile: str | None = None) -> Config:

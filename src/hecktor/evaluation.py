@@ -1,8 +1,9 @@
 """Score prediction files against the truth: the ``hecktor evaluate`` verbs.
 
 File reading and pairing live here; the maths is in :mod:`hecktor.metrics`. A truth patient
-without a prediction is an error naming them, and so is a mask for a patient missing from the truth;
-a table's extra patients are ignored (a batch CSV covers patients outside the task's truth).
+without a prediction is an error naming them. Predictions of patients outside the truth are ignored
+and named in a warning, for every task alike (a batch output covers patients outside one task's
+truth, such as Task 1-only patients in a Task 2 table).
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ _NII = ".nii.gz"
 log = logging.getLogger(__name__)
 
 
-def _check_pairing(
-    pred: set[str], truth: set[str], pred_src: Path, truth_src: Path, allow_extra: bool = False
-) -> None:
-    """Every truth patient must be predicted; extra predictions are an error for masks, and are
-    ignored for a table (a batch CSV covers every patient, a task's truth only some)."""
+def _check_pairing(pred: set[str], truth: set[str], pred_src: Path, truth_src: Path) -> None:
+    """Every truth patient must be predicted; predictions of other patients are ignored, by name."""
     extra = sorted(pred - truth)
-    if allow_extra and extra:
-        log.info("%s: %d patient(s) not in %s ignored", pred_src, len(extra), truth_src)
-        extra = []
-    problems = [Problem(p, pred_src, "predicted but not in the truth") for p in extra]
-    problems += [
+    if extra:
+        shown = ", ".join(extra[:20]) + (f" and {len(extra) - 20} more" if len(extra) > 20 else "")
+        log.warning("%s: %d patient(s) not in %s ignored: %s", pred_src, len(extra), truth_src,
+                    shown)  # fmt: skip
+    problems = [
         Problem(p, truth_src, "in the truth but not predicted") for p in sorted(truth - pred)
     ]
     if problems:
@@ -152,11 +150,14 @@ def evaluate_survival(pred_csv: Path | str, truth_csv: Path | str) -> dict:
     """Task 2: Harrell's C-index of predicted risks against a Task 2 table (RFS, Relapse)."""
     pred = read_predictions(pred_csv, "RFS_risk")
     truth = _truth_table(truth_csv, 2)
-    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv), True)
+    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv))
     patients = sorted(truth.index)
     time = truth.loc[patients, "RFS"].to_numpy(float)
     event = truth.loc[patients, "Relapse"].to_numpy(float).astype(int)
     risk = pred.loc[patients].to_numpy(float)
+    if not event.any():
+        log.warning("%s: no relapse among %d patients: the C-index is undefined (null)",
+                    truth_csv, len(patients))  # fmt: skip
     return {
         "c_index": metrics.c_index(time, event, risk),
         "n_patients": len(patients),
@@ -176,7 +177,7 @@ def evaluate_hpv(pred_csv: Path | str, truth_csv: Path | str) -> dict:
     if bad:
         raise InputError(bad)
     truth = _truth_table(truth_csv, 3)
-    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv), True)
+    _check_pairing(set(pred.index), set(truth.index), Path(pred_csv), Path(truth_csv))
     patients = sorted(truth.index)
     y = truth.loc[patients, "HPV Status"].to_numpy(float).astype(int)
     p = pred.loc[patients].to_numpy(float).astype(int)

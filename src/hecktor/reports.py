@@ -56,6 +56,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3
     """A Markdown table; floats rounded to ``digits``."""
 
     def cell(value) -> str:
+        if value is None:
+            return "n/a"
         if isinstance(value, float):
             return "n/a" if value != value else f"{value:.{digits}f}"
         return str(value)
@@ -68,9 +70,17 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3
 # --------------------------------------------------------------------------- the pipeline report
 
 
+def _nulls_as_nan(data):
+    """Metrics read back from strict JSON: an undefined figure (null) is NaN again."""
+    if isinstance(data, dict):
+        return {k: float("nan") if v is None else _nulls_as_nan(v) for k, v in data.items()}
+    return data
+
+
 def headline_rows(seg: dict | None, hpv: dict | None, rfs: dict | None) -> list[dict]:
     """One row per task and figure: network, its baseline and the oracle, and which wins."""
     nan = float("nan")
+    seg, hpv, rfs = (_nulls_as_nan(m) for m in (seg, hpv, rfs))
     rows: list[dict] = []
     if seg:
         net, base = seg["variants"][seg["network"]], seg["variants"].get("baseline", {})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from hecktor import io
 from hecktor.config import Config
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -270,7 +271,7 @@ def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[st
     client = MlflowClient()
     name = bundle.manifest["name"]
     digest = bundle.digest()
-    score = float(bundle.manifest["score"]["value"])
+    score = io.figure(bundle.manifest["score"]["value"])
     try:
         client.get_registered_model(name)
     except MlflowException:

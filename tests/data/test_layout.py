@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from hecktor import io
 from hecktor.data import layout
 from hecktor.data.layout import InputError
 from hecktor.data.preprocess import prepare_release
@@ -152,7 +153,7 @@ def test_table_and_folders_must_agree(release_copy, tmp_path):
 
 def test_existing_output_survives_a_failed_run(release_copy, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    io.mark_dir(out, "prepare")  # an earlier prepare's output, which a failed run must keep
     (out / "keep.txt").write_text("earlier result")
     _first(release_copy).ct.unlink()
     with pytest.raises(InputError):
@@ -208,3 +209,141 @@ def test_container_bad_ehr_is_named(tmp_path):
     (tmp_path / "ehr.json").write_text("{broken")
     with pytest.raises(InputError, match=r"case-7: .*ehr\.json: cannot read JSON"):
         layout.read_container_input(tmp_path)
+
+
+# --------------------------------------------------------------------------- plausibility
+
+
+def _shift_pet(case, shift_z_mm: float) -> None:
+    """Move the PET along z so that it shares only part of the CT's z extent."""
+    pet = sitk.ReadImage(str(case.pet))
+    origin = list(pet.GetOrigin())
+    origin[2] += shift_z_mm
+    pet.SetOrigin(origin)
+    sitk.WriteImage(pet, str(case.pet))
+
+
+def test_pet_overlapping_the_ct_by_a_few_mm_is_named(release_copy, tmp_path):
+    case = _first(release_copy)
+    ct, pet = (sitk.ReadImage(str(p)) for p in (case.ct, case.pet))
+    _, hi_c = layout.physical_bounds(ct)
+    lo_p, _ = layout.physical_bounds(pet)
+    _shift_pet(case, hi_c[2] - 7.0 - lo_p[2])  # the PET starts 7 mm below the CT's top
+    shifted = sitk.ReadImage(str(case.pet))
+    assert layout.overlap_box(ct, shifted) is not None  # they do overlap, by 7 mm
+    assert layout.overlap_fraction(ct, shifted) < 0.1
+    _assert_rejected(release_copy, tmp_path / "out", case.patient, case.pet.name, "covers only")
+
+
+def test_overlap_fraction_is_per_axis_of_the_shorter_field_of_view():
+    long_narrow = make_image(np.zeros((100, 10, 10), np.float32), spacing=(5, 5, 10))  # z 990 mm
+    short_wide = make_image(
+        np.zeros((30, 40, 40), np.float32), spacing=(5, 5, 10), origin=(-100, -100, 200)
+    )
+    assert layout.overlap_fraction(long_narrow, short_wide) == 1.0  # each inside the other's span
+    half = make_image(np.zeros((30, 10, 10), np.float32), spacing=(5, 5, 10), origin=(0, 22.5, 0))
+    assert layout.overlap_fraction(long_narrow, half) == pytest.approx(0.5)
+
+
+def test_label_grid_differing_only_by_origin_names_the_origins(release_copy, tmp_path):
+    case = _first(release_copy)
+    label = sitk.ReadImage(str(case.label))
+    label.SetOrigin(tuple(o + 2.5 for o in label.GetOrigin()))
+    sitk.WriteImage(label, str(case.label))
+    err = _assert_rejected(
+        release_copy, tmp_path / "out", case.patient, case.label.name, "not on the CT grid"
+    )
+    message = str(err)
+    assert "origin (" in message and " vs (" in message
+    assert "size" not in message and "spacing" not in message  # only what differs
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("Performance Status", "7", "ECOG"),
+        ("Age", "1e9", "implausible age"),
+        ("Age", "-3", "implausible age"),
+    ],
+)
+def test_implausible_clinical_values_are_named(release_copy, tmp_path, column, value, message):
+    path = release_copy / "Task 2" / layout.TASK_CSV[2]
+    frame = pd.read_csv(path, dtype=str)
+    patient = frame.loc[0, "PatientID"]
+    frame.loc[0, column] = value
+    frame.to_csv(path, index=False)
+    _assert_rejected(release_copy, tmp_path / "out", patient, path.name, message)
+
+
+def test_a_missing_column_is_the_only_problem_reported(release_copy):
+    path = release_copy / "Task 3" / layout.TASK_CSV[3]
+    pd.read_csv(path).drop(columns=["HPV Status"]).to_csv(path, index=False)
+    release = layout.scan_release(release_copy)
+    problems: list = []
+    layout.read_tables(release, problems)
+    assert [p.message for p in problems] == ["missing column(s) ['HPV Status']"]
+
+
+@pytest.mark.parametrize("bad", ["..\\CHUM-009", ".CHUM-009", "CHUM 009", "../CHUM-009"])
+def test_unsafe_patient_ids_are_refused_in_tables(release_copy, bad):
+    path = release_copy / "Task 1" / layout.TASK_CSV[1]
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[len(frame)] = {c: (bad if c == "PatientID" else "") for c in frame.columns}
+    frame.to_csv(path, index=False)
+    problems: list = []
+    layout.read_table(path, 1, problems)
+    assert any("not a valid patient ID" in p.message and repr(bad) in p.message for p in problems)
+
+
+def test_unsafe_folder_names_are_refused_and_hidden_folders_ignored(release_copy):
+    (release_copy / "Task 1" / "CHUM\\009").mkdir()
+    (release_copy / "Task 1" / ".ipynb_checkpoints").mkdir()
+    release = layout.scan_release(release_copy)
+    assert [p.patient for p in release.problems] == ["CHUM\\009"]
+    assert "not a valid patient ID" in release.problems[0].message
+    assert ".ipynb_checkpoints" not in release.patients()
+
+
+def test_validate_reads_the_task_2_and_3_copies_too(release_copy):
+    release = layout.scan_release(release_copy)
+    task1 = {c.patient for c in release.cases[1]}
+    for task, victim in ((2, "ct"), (3, "pet")):
+        case = next(c for c in release.cases[task] if c.patient in task1)
+        path = getattr(case, victim)
+        path.write_bytes(b"" if victim == "ct" else path.read_bytes()[:200])
+    with pytest.raises(InputError) as info:
+        layout.validate_release(release_copy)
+    files = {p.file.parent.parent.name for p in info.value.problems}
+    assert files == {"Task 2", "Task 3"}
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def _bytes(root):
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_prepare_into_a_folder_holding_a_foreign_file_is_refused_and_kept(release_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(io.OutputError, match=r"notes\.txt"):
+        prepare_release(release_dir, out, _cfg())
+    assert _bytes(out) == {"notes.txt": b"my notes"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("where", ["release", "inside", "parent"])
+def test_prepare_onto_its_own_release_is_refused_and_every_byte_kept(release_copy, where):
+    before = _bytes(release_copy.parent)
+    out = {
+        "release": release_copy,
+        "inside": release_copy / "Task 1" / "prepared",
+        "parent": release_copy.parent,
+    }[where]
+    with pytest.raises(io.OutputError, match="input"):
+        prepare_release(release_copy, out, _cfg())
+    assert _bytes(release_copy.parent) == before

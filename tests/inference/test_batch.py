@@ -15,6 +15,7 @@ from hecktor.cli import main
 from hecktor.data import layout
 from hecktor.inference.batch import find_patients, predict_container, predict_folder
 from hecktor.inference.bundle import load_bundles
+from hecktor.io import OutputError
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_missing_modality_and_unreadable_clinical_value_are_named(release_dir, t
     (root / pids[0] / "PET.mha").unlink()
     clinical = tmp_path / "clinical.csv"
     clinical.write_text(f"PatientID,Age\n{pids[1]},sixty\n")
-    found = {p.patient: p for p in find_patients(root, clinical)}
+    found = {p.patient: p for p in find_patients(root, clinical).patients}
     assert "no PET file" in str(found[pids[0]].problems)
     assert "unreadable value 'sixty'" in str(found[pids[1]].problems)
 
@@ -134,3 +135,125 @@ def test_container_mode_names_a_bad_ehr_value(bundles, release_dir, tmp_path, ca
     assert code == 2
     assert pid in caplog.text and "ehr.json" in caplog.text and "Gender" in caplog.text
     assert not (tmp_path / "output").exists()
+
+
+# --------------------------------------------------------------------------- reruns and clinical input
+
+
+def _clinical_csv(path, patients, header="PatientID,Age,Gender", rows=None):
+    rows = rows if rows is not None else [f"{p},{60 + i},M" for i, p in enumerate(patients)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _outputs(out):
+    frame = pd.read_csv(out / "predictions.csv").set_index("PatientID").sort_index()
+    masks = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in out.glob("*.nii.gz")}
+    return frame, masks
+
+
+def test_a_rerun_after_inputs_change_gives_what_a_fresh_output_gives(
+    bundles, release_dir, tmp_path
+):
+    root = tmp_path / "new"
+    pids = _patient_folders(release_dir, root, 4)
+    clinical = _clinical_csv(tmp_path / "clinical.csv", pids)
+    out = tmp_path / "out"
+    first = predict_folder(bundles, root, out, clinical)
+    assert first["predicted"] == 4 and first["reused"] == 0
+    # one PET deleted, one patient's images replaced by another's, one age changed, one gone
+    (root / pids[0] / "PET.mha").unlink()
+    for name in ("CT.nii.gz", "PET.mha"):
+        shutil.copy(root / pids[2] / name, root / pids[1] / name)
+    _clinical_csv(
+        clinical, pids, rows=[f"{p},{90 if i == 3 else 60 + i},M" for i, p in enumerate(pids)]
+    )
+    shutil.rmtree(root / pids[2])
+    again = predict_folder(bundles, root, out, clinical)
+    fresh = predict_folder(bundles, root, tmp_path / "fresh", clinical)
+    assert again["reused"] == 0  # every remaining patient changed in some way
+    assert [f["PatientID"] for f in again["failed"]] == [pids[0]]
+    assert again["removed"] == [pids[2]]
+    got, got_masks = _outputs(out)
+    want, want_masks = _outputs(tmp_path / "fresh")
+    pd.testing.assert_frame_equal(got, want)
+    assert sorted(got_masks) == sorted(want_masks) == [f"{p}.nii.gz" for p in (pids[1], pids[3])]
+    for name in want_masks:
+        np.testing.assert_array_equal(got_masks[name], want_masks[name])
+    assert again["predicted"] == fresh["predicted"] == 2
+    # unchanged inputs are reused
+    assert predict_folder(bundles, root, out, clinical)["reused"] == 2
+
+
+def test_misspelt_clinical_headers_exit_2_naming_the_expected_columns(
+    bundles, release_dir, tmp_path, caplog
+):
+    root = tmp_path / "new"
+    pids = _patient_folders(release_dir, root, 1)
+    clinical = _clinical_csv(tmp_path / "c.csv", pids, "PatientID,age,sex", [f"{pids[0]},61,M"])
+    out = tmp_path / "out"
+    code = main(["predict", "--input", str(root), "--output", str(out), "--clinical",
+                 str(clinical), "--models", str(bundles.seg.root.parent)])  # fmt: skip
+    assert code == 2
+    assert (
+        "unknown column(s) ['age', 'sex']" in caplog.text and "'Tobacco Consumption'" in caplog.text
+    )
+    assert not out.exists()
+
+
+def test_clinical_rows_and_patients_must_match_or_be_named(bundles, release_dir, tmp_path, caplog):
+    root = tmp_path / "new"
+    pids = _patient_folders(release_dir, root, 3)
+    rows = [f"{pids[0]},61,M", f"../{pids[1]},70,F", "XYZ-999,50,F"]  # none for pids[1], pids[2]
+    clinical = _clinical_csv(tmp_path / "c.csv", pids, rows=rows)
+    manifest = predict_folder(bundles, root, tmp_path / "out", clinical)
+    failed = {f["PatientID"]: f["reason"] for f in manifest["failed"]}
+    assert sorted(failed) == sorted(pids[1:]) and all(
+        "no clinical row" in r for r in failed.values()
+    )
+    assert "XYZ-999" in manifest["clinical_rows_unused"]
+    assert any("row 3" in r for r in manifest["clinical_rows_unused"])  # the ../ row, by position
+    assert "XYZ-999" in caplog.text and f"../{pids[1]}" in caplog.text
+    assert manifest["predicted"] == 1
+
+
+def test_no_clinical_data_is_an_explicit_choice(bundles, release_dir, tmp_path, caplog):
+    root = tmp_path / "new"
+    _patient_folders(release_dir, root, 1)
+    models = ["--models", str(bundles.seg.root.parent)]
+    args = ["predict", "--input", str(root), *models, "--output"]
+    assert main([*args, str(tmp_path / "a")]) == 2
+    assert "--no-clinical" in caplog.text and not (tmp_path / "a").exists()
+    assert main([*args, str(tmp_path / "b"), "--no-clinical"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["predicted"] == 1 and "--no-clinical" in manifest["clinical"]
+
+
+def test_a_pet_overlapping_the_ct_by_7_mm_fails_that_patient(bundles, release_dir, tmp_path):
+    root = tmp_path / "new"
+    pids = _patient_folders(release_dir, root, 2)
+    ct = sitk.ReadImage(str(root / pids[0] / "CT.nii.gz"))
+    pet = sitk.ReadImage(str(root / pids[0] / "PET.mha"))
+    top = layout.physical_bounds(ct)[1][2]
+    origin = list(pet.GetOrigin())
+    origin[2] += top - 7.0 - layout.physical_bounds(pet)[0][2]
+    pet.SetOrigin(origin)
+    sitk.WriteImage(pet, str(root / pids[0] / "PET.mha"))
+    manifest = predict_folder(bundles, root, tmp_path / "out", no_clinical=True)
+    assert [f["PatientID"] for f in manifest["failed"]] == [pids[0]]
+    assert "covers only" in manifest["failed"][0]["reason"]
+    assert manifest["predicted"] == 1
+
+
+def test_predict_never_writes_into_a_foreign_folder_or_its_input(bundles, release_dir, tmp_path):
+    root = tmp_path / "new"
+    _patient_folders(release_dir, root, 1)
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for out in (foreign, root, root / "out", tmp_path):
+        before = sorted(str(p) for p in tmp_path.rglob("*"))
+        with pytest.raises(OutputError):
+            predict_folder(bundles, root, out, no_clinical=True)
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert (foreign / "notes.txt").read_text() == "mine"

@@ -65,7 +65,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     variants = ["best", "best_pp", "swa", "swa_pp", "baseline"]
     figure_cases = []
     pred_root = Path(cfg.paths.predictions) / "seg"
-    with io.atomic_dir(pred_root) as tmp:
+    with io.atomic_dir(pred_root, "crossval seg") as tmp:
         for name, _, val_ids in folds:
             models = {}
             for variant in ("best", "swa"):

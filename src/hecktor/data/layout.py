@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from hecktor import io
 
@@ -44,7 +45,9 @@ TASK_COLUMNS: dict[int, tuple[str, ...]] = {
 EHR_KEYS = (*CLINICAL, "Treatment", "M-stage")
 
 _ID = re.compile(r"^(?P<centre>[A-Za-z]+)[-_]?\w*$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _GEOMETRY_TOL_MM = 1e-3
+MIN_OVERLAP = 0.8  # share of the smaller of the CT and PET fields of view that both must cover
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,22 @@ class Release:
         raise KeyError(patient)
 
 
+def id_problem(patient: str) -> str | None:
+    """Why ``patient`` cannot be a patient ID, or None. IDs name files and folders, so they are
+    letters, digits, ``-``, ``_`` and ``.``, start with a letter or digit, and hold no ``..``."""
+    if _SAFE_ID.match(patient) and ".." not in patient:
+        return None
+    return (
+        f"{patient!r} is not a valid patient ID (letters, digits, '-', '_' and '.', starting "
+        "with a letter or digit, at most 64 characters)"
+    )
+
+
+def is_hidden(name: str) -> bool:
+    """Folders such as ``.git`` or ``.ipynb_checkpoints``: never patients, in any input layout."""
+    return name.startswith(".")
+
+
 def centre_of(patient: str) -> str:
     """Centre code from a patient ID such as ``CHUM-001``."""
     match = _ID.match(patient)
@@ -135,6 +154,12 @@ def scan_release(root: Path | str) -> Release:
             release.problems.append(Problem("-", table, "clinical table missing"))
         cases = []
         for folder in sorted(p for p in task_dir.iterdir() if p.is_dir()):
+            if is_hidden(folder.name):
+                continue
+            bad_id = id_problem(folder.name)
+            if bad_id:
+                release.problems.append(Problem(folder.name, folder, bad_id))
+                continue
             case = case_paths(root, task, folder.name)
             missing = [
                 p for p in (case.ct, case.pet, case.label) if p is not None and not p.is_file()
@@ -213,14 +238,42 @@ def overlap_box(a: sitk.Image, b: sitk.Image) -> tuple[np.ndarray, np.ndarray] |
     return (lo, hi) if np.all(hi > lo) else None
 
 
+def overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
+    """How far two fields of view overlap (0 to 1): along each axis, the shared extent as a share
+    of the shorter of the two, and the least of the three.
+
+    A head-and-neck CT inside a whole-body PET scores 1; a PET that shares 7 mm of a 300 mm CT
+    scores about 0.02. Per axis, so that a wide short PET beside a narrow long CT is not
+    penalised for the parts that neither needs.
+    """
+    (lo_a, hi_a), (lo_b, hi_b) = physical_bounds(a), physical_bounds(b)
+    shared = np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b)
+    shorter = np.minimum(hi_a - lo_a, hi_b - lo_b)
+    if np.any(shared < 0):
+        return 0.0
+    share = np.where(shorter > 0, shared / np.where(shorter > 0, shorter, 1.0), 1.0)
+    return float(min(share.min(), 1.0))
+
+
+def grid_differences(a: sitk.Image, b: sitk.Image, tol_mm: float = _GEOMETRY_TOL_MM) -> list[str]:
+    """What differs between two grids, as ``"origin (..) vs (..)"``; empty when they are one."""
+
+    def show(values) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in np.round(values, 4)) + ")"
+
+    out = []
+    if a.GetSize() != b.GetSize():
+        out.append(f"size {a.GetSize()} vs {b.GetSize()}")
+    for name, tol in (("spacing", tol_mm), ("origin", tol_mm), ("direction", 1e-4)):
+        va, vb = (getattr(img, f"Get{name.capitalize()}")() for img in (a, b))
+        if not np.allclose(va, vb, atol=tol):
+            out.append(f"{name} {show(va)} vs {show(vb)}")
+    return out
+
+
 def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = _GEOMETRY_TOL_MM) -> bool:
     """Whether two images share size, spacing, origin and direction."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol_mm)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol_mm)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
-    )
+    return not grid_differences(a, b, tol_mm)
 
 
 @dataclass
@@ -246,27 +299,30 @@ def check_images(
     for image, path in ((ct, ct_path), (pet, pet_path)):
         if image is not None and not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
             problems.append(Problem(patient, path, "image contains NaN or infinite values"))
-    if ct is not None and pet is not None and overlap_box(ct, pet) is None:
-        lo_c, hi_c = physical_bounds(ct)
-        lo_p, hi_p = physical_bounds(pet)
-        problems.append(
-            Problem(
-                patient,
-                pet_path,
-                "PET does not overlap the CT in physical space "
-                f"(CT {np.round(lo_c, 1).tolist()}..{np.round(hi_c, 1).tolist()} mm, "
-                f"PET {np.round(lo_p, 1).tolist()}..{np.round(hi_p, 1).tolist()} mm)",
+    if ct is not None and pet is not None:
+        share = overlap_fraction(ct, pet)
+        if share < MIN_OVERLAP:
+            lo_c, hi_c = physical_bounds(ct)
+            lo_p, hi_p = physical_bounds(pet)
+            what = "does not overlap" if share == 0 else f"covers only {100 * share:.0f}% of"
+            problems.append(
+                Problem(
+                    patient,
+                    pet_path,
+                    f"PET {what} the CT in physical space (at least {100 * MIN_OVERLAP:.0f}% "
+                    "of the shorter field of view along each axis needed; "
+                    f"CT {np.round(lo_c, 1).tolist()}..{np.round(hi_c, 1).tolist()} mm, "
+                    f"PET {np.round(lo_p, 1).tolist()}..{np.round(hi_p, 1).tolist()} mm)",
+                )
             )
-        )
     if label is not None and label_path is not None:
-        if ct is not None and not same_grid(ct, label):
+        differences = grid_differences(label, ct) if ct is not None else []
+        if differences:
             problems.append(
                 Problem(
                     patient,
                     label_path,
-                    f"label is not on the CT grid (label size {label.GetSize()}, spacing "
-                    f"{np.round(label.GetSpacing(), 3).tolist()}; CT size {ct.GetSize()}, "
-                    f"spacing {np.round(ct.GetSpacing(), 3).tolist()})",
+                    "label is not on the CT grid: " + "; ".join(differences) + " (label vs CT)",
                 )
             )
         values = np.unique(sitk.GetArrayViewFromImage(label))
@@ -296,6 +352,24 @@ def load_case(case: Case) -> CaseImages:
     if label is not None:
         label = sitk.Cast(label, sitk.sitkUInt8)
     return CaseImages(case.patient, ct, pet, label)
+
+
+def validate_release(root: Path | str) -> Release:
+    """Check every table and every image copy of every task; raise :class:`InputError` listing
+    all problems. A patient's Task 2 and 3 copies are read too: a broken copy is a broken release
+    even where another copy of the same patient is fine."""
+    release = scan_release(root)
+    problems = list(release.problems)
+    read_tables(release, problems)
+    cases = [case for task in TASKS for case in release.cases.get(task, [])]
+    for case in tqdm(cases, desc="validate", unit="image set"):
+        try:
+            load_case(case)
+        except InputError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise InputError(problems)
+    return release
 
 
 # --------------------------------------------------------------------------- clinical tables
@@ -334,15 +408,19 @@ def _parse(value: object, kind: str) -> float | str | None:
         raise ValueError("not a finite number")
     if kind == "nonneg" and number < 0:
         raise ValueError("must not be negative")
+    if kind == "age" and not 0 <= number <= 120:
+        raise ValueError("implausible age: expected 0 to 120 years")
+    if kind == "ecog" and number not in (0, 1, 2, 3, 4):
+        raise ValueError("expected an ECOG performance status 0, 1, 2, 3 or 4")
     return number
 
 
 _KIND = {
-    "Age": "nonneg",
+    "Age": "age",
     "Gender": "gender",
     "Tobacco Consumption": "binary",
     "Alcohol Consumption": "binary",
-    "Performance Status": "nonneg",
+    "Performance Status": "ecog",
     "M-stage": "mstage",
     "Treatment": "text",
     "RFS": "nonneg",
@@ -360,12 +438,19 @@ def parse_table(
     missing = [c for c in TASK_COLUMNS[task] if c not in frame.columns]
     if missing:
         problems.append(Problem("(all patients)", path, f"missing column(s) {missing}"))
-        return pd.DataFrame(columns=list(TASK_COLUMNS[task]))
+        if "PatientID" not in frame.columns:
+            return pd.DataFrame(columns=list(TASK_COLUMNS[task]))
+        # the patients are still known: checks against the image folders stay meaningful
+        frame = frame[["PatientID"]]
     rows = []
     for i, row in frame.iterrows():
         patient = str(row["PatientID"]).strip()
         if patient in {"", "nan"}:
             problems.append(Problem(f"(row {i + 2})", path, "empty PatientID"))
+            continue
+        bad_id = id_problem(patient)
+        if bad_id:
+            problems.append(Problem(f"(row {i + 2})", path, bad_id))
             continue
         parsed: dict[str, object] = {"PatientID": patient}
         for column in frame.columns:
@@ -382,7 +467,7 @@ def parse_table(
                     )
                 )
                 parsed[column] = None
-        for column in REQUIRED.get(task, ()):
+        for column in (c for c in REQUIRED.get(task, ()) if c in frame.columns):
             if parsed.get(column) is None and not any(
                 p.patient == patient and column in p.message for p in problems
             ):
@@ -520,7 +605,7 @@ def write_container_outputs(
         io.write_image(root / CONTAINER_MASK, sitk.Cast(mask, sitk.sitkUInt8))
         written.append(root / CONTAINER_MASK)
     if rfs is not None:
-        io.write_text(root / CONTAINER_RFS, json.dumps(float(rfs)))
+        io.write_text(root / CONTAINER_RFS, json.dumps(float(rfs), allow_nan=False))
         written.append(root / CONTAINER_RFS)
     if hpv is not None:
         io.write_text(root / CONTAINER_HPV, json.dumps(bool(hpv)))

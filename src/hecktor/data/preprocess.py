@@ -239,11 +239,12 @@ def prepare_release(release_root: Path | str, out: Path | str, cfg: PrepareConfi
     Every problem of every patient and table is collected; if there is any, :class:`InputError`
     lists them all and ``out`` is left untouched. Returns the case index written to ``cases.csv``.
     """
+    io.claim_dir(out, "prepare", [release_root])
     release = layout.scan_release(release_root)
     problems = list(release.problems)
     tables = layout.read_tables(release, problems)
     patients = release.patients()
-    with io.atomic_dir(out) as tmp:
+    with io.atomic_dir(out, "prepare", [release_root]) as tmp:
         jobs = [(release.image_case(p), cfg, tmp) for p in patients]
         bar = tqdm(total=len(jobs), desc="prepare", unit="patient")
         results = []

@@ -470,11 +470,35 @@ def _write_patient(args: tuple[Patient, SynthConfig, Path, tuple[int, ...]]) -> 
     return p.pid
 
 
+ORACLE_COLUMNS = ("PatientID", "CenterID", "log_hazard", "hpv_probability", "site", "nodes",
+                  "in_task2", "in_task3")  # fmt: skip
+
+
+def _claim_oracle(oracle: Path, out: Path) -> None:
+    """Refuse an oracle path inside the release, or an existing file that is not an oracle."""
+    io.check_output_file(oracle, [out])
+    if oracle.is_file():
+        with oracle.open() as handle:
+            header = handle.readline().strip()
+        if header != ",".join(ORACLE_COLUMNS):
+            raise io.OutputError(
+                f"{oracle}: exists and is not an oracle written by `hecktor synth`; "
+                "choose another --oracle path"
+            )
+
+
 def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = None) -> pd.DataFrame:
-    """Write a synthetic release to ``out`` (atomically) and the oracle CSV; return the oracle."""
+    """Write a synthetic release to ``out`` (atomically) and the oracle CSV; return the oracle.
+
+    ``out`` must be new, empty or an earlier synthetic release, and ``oracle`` new or an earlier
+    oracle: anything else is refused before any work.
+    """
     unknown = [c for c in cfg.centres if c not in CENTRES]
     if unknown:
         raise ValueError(f"synth.centres: unknown centre(s) {unknown}; known: {sorted(CENTRES)}")
+    io.claim_dir(out, "synth")
+    if oracle is not None:
+        _claim_oracle(Path(oracle), Path(out))
     patients = [draw_patient(i, cfg) for i in range(cfg.patients)]
     rng = np.random.default_rng([cfg.seed, 10**7])
     ids = [p.pid for p in patients]
@@ -482,7 +506,7 @@ def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = No
     task3 = set(rng.choice(ids, size=max(2, round(cfg.task3_fraction * len(ids))), replace=False))
     table = clinical_rows(patients, cfg.seed)
     out = Path(out)
-    with io.atomic_dir(out) as tmp:
+    with io.atomic_dir(out, "synth") as tmp:
         jobs = [
             (p, cfg, tmp, tuple(t for t, s in ((1, ids), (2, task2), (3, task3)) if p.pid in s))
             for p in patients

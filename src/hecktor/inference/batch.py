@@ -10,6 +10,7 @@ writes the challenge container's files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -37,6 +38,8 @@ COLUMNS = ["PatientID", "HPV_probability", "HPV_status", "RFS_risk"]
 PREDICTIONS = "predictions.csv"
 MANIFEST = "manifest.json"
 CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
+# a --clinical CSV may be one of the release's own tables: its outcome columns are not inputs
+OUTCOME_COLUMNS = ("RFS", "Relapse", "HPV Status")
 
 
 @dataclass(frozen=True)
@@ -186,70 +189,139 @@ def _modality(folder: Path, patient: str, tags: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _clinical(path: Path | None, problems: list[Problem]) -> pd.DataFrame:
-    if path is None:
-        return pd.DataFrame(columns=["PatientID"]).set_index("PatientID")
-    table = layout.read_table(path, 1, problems)
-    return table.set_index("PatientID") if len(table) else table
+@dataclass(frozen=True)
+class Found:
+    """The patients of an input folder, and the clinical rows that match none of them."""
+
+    patients: list[Patient]
+    unused_rows: list[str]
+    clinical_source: str
 
 
-def find_patients(root: Path | str, clinical: Path | str | None = None) -> list[Patient]:
+def read_clinical_csv(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """A ``--clinical`` CSV indexed by patient, and the problems of its rows.
+
+    Its columns must be official names (``PatientID`` and any of :data:`CLINICAL_COLUMNS`; a task
+    table's outcome columns are accepted and ignored): a misspelt or unknown header would silently
+    turn a variable into "unknown" for every patient, so it is an :class:`InputError` that lists
+    the expected names. A column left out is unknown for every patient, and the log says so.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError([Problem("(all patients)", path, f"cannot read CSV ({err})")]) from None
+    known = ("PatientID", *CLINICAL_COLUMNS, *OUTCOME_COLUMNS)
+    unknown = [c for c in frame.columns if c not in known]
+    if unknown or "PatientID" not in frame.columns:
+        what = f"unknown column(s) {unknown}" if unknown else "no PatientID column"
+        raise InputError([Problem("(all patients)", path, f"{what}; expected 'PatientID' and any "
+                                  f"of {list(CLINICAL_COLUMNS)} (names as in the official tables)")])  # fmt: skip
+    absent = [c for c in CLINICAL_COLUMNS if c not in frame.columns and c != "CenterID"]
+    if absent:
+        log.warning("%s: no column(s) %s: unknown for every patient", path, absent)
+    problems: list[Problem] = []
+    table = layout.parse_table(frame.drop(columns=[*OUTCOME_COLUMNS], errors="ignore"), 1,
+                               path, problems)  # fmt: skip
+    table = table.set_index("PatientID") if len(table) else pd.DataFrame(index=pd.Index([]))
+    return table, problems
+
+
+def _folder_patients(root: Path) -> dict[str, tuple[Path | None, Path | None]]:
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if layout.is_hidden(folder.name):
+            continue
+        found[folder.name] = (
+            _modality(folder, folder.name, _CT),
+            _modality(folder, folder.name, _PET),
+        )
+    return found
+
+
+def find_patients(
+    root: Path | str, clinical: Path | str | None = None, no_clinical: bool = False
+) -> Found:
     """The patients of a release-layout folder, or of a folder of ``<PID>/`` subfolders.
 
     In a subfolder, CT and PET are ``<PID>__CT`` / ``<PID>__PT`` (or ``CT`` / ``PET``) in NIfTI or
-    MetaImage. Clinical values come from the release's tables or from ``clinical`` (a CSV with a
-    ``PatientID`` column and any of the challenge's clinical columns; empty cells are unknown).
+    MetaImage. Clinical values come from ``clinical`` (see :func:`read_clinical_csv`), else from
+    the release's tables; a folder of subfolders needs ``clinical`` or ``no_clinical``. A patient
+    without a clinical row fails (never a silent "unknown"); rows of no patient are reported.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError([Problem("-", root, "input folder not found")])
     problems: list[Problem] = []
+    table_problems: list[Problem] = []
+    frame = pd.DataFrame(index=pd.Index([]))
     if any((root / layout.TASK_DIR[t]).is_dir() for t in layout.TASKS):
         release = layout.scan_release(root)
-        table_problems: list[Problem] = []
-        frame = layout.clinical_frame(layout.read_tables(release, table_problems))
-        frame = frame.set_index("PatientID") if len(frame) else frame
-        if clinical is not None:
-            frame = _clinical(Path(clinical), table_problems)
-        cases = {p: release.image_case(p) for p in release.patients()}
-        found = {p: (case.ct, case.pet) for p, case in cases.items()}
-        missing = [p for p in release.problems if p.patient not in {"-", *found}]
-        problems += missing
+        found = {
+            p: (c.ct, c.pet) for p, c in ((p, release.image_case(p)) for p in release.patients())
+        }
+        # a patient none of whose copies is complete fails, naming what is wrong
+        problems += [p for p in release.problems if p.patient not in {"-", *found}]
+        found |= {p.patient: (None, None) for p in problems}
+        source = f"the release's tables ({root})"
+        if clinical is None and not no_clinical:
+            merged = layout.clinical_frame(layout.read_tables(release, table_problems))
+            frame = merged.set_index("PatientID") if len(merged) else frame
     else:
-        table_problems = []
-        frame = _clinical(Path(clinical) if clinical else None, table_problems)
-        found = {}
-        for folder in sorted(
-            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
-            found[folder.name] = (
-                _modality(folder, folder.name, _CT),
-                _modality(folder, folder.name, _PET),
-            )
+        found = _folder_patients(root)
+        problems += [Problem(p, root / p, layout.id_problem(p) or "") for p in found
+                     if layout.id_problem(p)]  # fmt: skip
+        if clinical is None and not no_clinical:
+            raise InputError([Problem("(all patients)", root, "no clinical data: give --clinical "
+                                      "CSV, or --no-clinical to predict with every clinical value "
+                                      "unknown")])  # fmt: skip
+    if no_clinical:
+        source = "none (--no-clinical: every clinical value unknown)"
+    elif clinical is not None:
+        frame, table_problems = read_clinical_csv(Path(clinical))
+        source = str(clinical)
+    unused = sorted(
+        {str(p) for p in frame.index if p not in found}
+        | {p.patient for p in table_problems if p.patient.startswith("(row")}
+    )
     patients = []
     for pid, (ct, pet) in sorted(found.items()):
         mine = [p for p in problems + table_problems if p.patient == pid]
-        if ct is None or not ct.is_file():
-            mine.append(Problem(pid, root / pid, "no CT file"))
-        if pet is None or not pet.is_file():
-            mine.append(Problem(pid, root / pid, "no PET file"))
-        values = frame.loc[pid].to_dict() if pid in frame.index else {}
-        values = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()
-        }
-        patients.append(Patient(pid, ct, pet, values, tuple(mine)))
-    for problem in problems + table_problems:
+        if not any(p.patient == pid for p in problems):  # else its files are named already
+            if ct is None or not ct.is_file():
+                mine.append(Problem(pid, root / pid, "no CT file"))
+            if pet is None or not pet.is_file():
+                mine.append(Problem(pid, root / pid, "no PET file"))
+        values: dict[str, object] = {}
+        if not no_clinical:
+            if pid in frame.index:
+                values = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                          for k, v in frame.loc[pid].to_dict().items()}  # fmt: skip
+            else:
+                mine.append(Problem(pid, Path(clinical) if clinical else root, "no clinical "
+                                    "row for this patient (add one: empty cells are unknown; or "
+                                    "use --no-clinical)"))  # fmt: skip
+        patients.append(Patient(pid, ct, pet, values, tuple(dict.fromkeys(mine))))
+    for problem in table_problems:
         if problem.patient not in found:
             log.warning("%s", problem)
-    return patients
+    if unused:
+        log.warning("clinical rows of no input patient, ignored: %s", ", ".join(unused))
+    return Found(patients, unused, source)
 
 
 def read_images(patient: Patient) -> layout.CaseImages:
-    """Read and check one patient's CT and PET; raise :class:`InputError` naming what is wrong."""
-    if patient.problems:
-        raise InputError(list(patient.problems))
-    assert patient.ct is not None and patient.pet is not None
-    return layout.load_case(layout.Case(patient.patient, 0, patient.ct, patient.pet))
+    """Read and check one patient's CT and PET; raise :class:`InputError` naming everything wrong
+    with the patient at once (its files and its clinical row)."""
+    problems = list(patient.problems)
+    images = None
+    if patient.ct and patient.pet and patient.ct.is_file() and patient.pet.is_file():
+        try:
+            images = layout.load_case(layout.Case(patient.patient, 0, patient.ct, patient.pet))
+        except InputError as err:
+            problems += err.problems
+    if problems or images is None:
+        raise InputError(problems)
+    return images
 
 
 # --------------------------------------------------------------------------- batch
@@ -265,26 +337,75 @@ def _models_key(described: dict[str, dict]) -> str:
     return json.dumps({t: m["digest"] for t, m in described.items()}, sort_keys=True)
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_key(models: str, patient: Patient) -> str | None:
+    """What a finished patient's result depends on: the models, the bytes of its CT and PET and
+    its clinical row. None when its files cannot be read (it is then predicted, and fails)."""
+    if patient.problems or patient.ct is None or patient.pet is None:
+        return None
+    try:
+        files = [_file_digest(patient.ct), _file_digest(patient.pet)]
+    except OSError:
+        return None
+    blob = json.dumps([models, files, patient.clinical], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _reused(part: Path, mask: Path, key: str | None) -> bool:
+    if key is None or not (part.is_file() and mask.is_file()):
+        return False
+    try:
+        return json.loads(part.read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _forget(parts: Path, output: Path, pid: str) -> None:
+    """Remove one patient's earlier results (this command wrote them)."""
+    (parts / f"{pid}.json").unlink(missing_ok=True)
+    (output / f"{pid}.nii.gz").unlink(missing_ok=True)
+
+
 def predict_folder(
     bundles: Bundles,
     input_dir: Path | str,
     output: Path | str,
     clinical: Path | str | None = None,
     device: str = "auto",
+    no_clinical: bool = False,
 ) -> dict:
     """Predict every patient under ``input_dir``; returns the manifest written beside the outputs.
 
     Writes ``<PID>.nii.gz`` (on the patient's CT grid), ``predictions.csv`` and ``manifest.json``,
-    each atomically. A patient already predicted by the same models is skipped, so a rerun after a
-    kill continues; a patient that cannot be read is reported (in the log and the manifest) and the
-    others go on.
+    each atomically, into ``output``: a new or empty folder, or an earlier ``predict`` output. A
+    patient whose models, image bytes and clinical row are those of its earlier result is reused,
+    so a rerun after a kill continues; anything changed is predicted again, and the results of
+    patients no longer in the input are removed (and listed). A patient that cannot be read is
+    reported (in the log and the manifest) and the others go on.
     """
     output = Path(output)
+    roots = [getattr(bundles, t).root for t in ("seg", "hpv", "rfs")]
+    io.claim_dir(output, "predict", [input_dir, clinical, *roots])
+    found = find_patients(input_dir, clinical, no_clinical)
+    patients = found.patients
     parts = output / ".parts"
     parts.mkdir(parents=True, exist_ok=True)
+    io.mark_dir(output, "predict")
     described = bundles.describe()  # digests read every weights file: once per run
     key = _models_key(described)
-    patients = find_patients(input_dir, clinical)
+    present = {p.patient for p in patients}
+    removed = sorted(p.stem for p in parts.glob("*.json") if p.stem not in present)
+    for pid in removed:
+        _forget(parts, output, pid)
+    if removed:
+        log.warning("results of patients no longer in the input removed: %s", ", ".join(removed))
     failures: list[dict[str, str]] = []
     skipped = 0
     predictor: Predictor | None = None
@@ -292,10 +413,11 @@ def predict_folder(
         for patient in tqdm(patients, desc="predict", unit="patient"):
             pid = patient.patient
             part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
-            done = part.is_file() and mask_path.is_file()
-            if done and json.loads(part.read_text()).get("models") == key:
+            patient_key = input_key(key, patient)
+            if _reused(part, mask_path, patient_key):
                 skipped += 1
                 continue
+            _forget(parts, output, pid)  # no stale result, whatever happens next
             try:
                 images = read_images(patient)
                 predictor = predictor or Predictor(bundles, Path(work), device)
@@ -303,11 +425,9 @@ def predict_folder(
             except (InputError, RuntimeError, ValueError, OSError) as err:
                 failures.append({"PatientID": pid, "reason": _reason(err)})
                 log.error("%s: skipped: %s", pid, _reason(err))
-                part.unlink(missing_ok=True)  # no stale result from an earlier run
-                mask_path.unlink(missing_ok=True)
                 continue
             io.write_image(mask_path, mask)
-            io.write_json(part, {"models": key, "row": row})
+            io.write_json(part, {"key": patient_key, "models": key, "row": row})
     failed = {f["PatientID"] for f in failures}
     rows = [
         json.loads((parts / f"{p.patient}.json").read_text())["row"]
@@ -317,11 +437,13 @@ def predict_folder(
     io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
     manifest = {
         "input": str(Path(input_dir).resolve()),
-        "clinical": str(Path(clinical).resolve()) if clinical else None,
+        "clinical": found.clinical_source,
+        "clinical_rows_unused": found.unused_rows,
         "models": described,
         "patients": len(patients),
         "predicted": len(rows),
         "reused": skipped,
+        "removed": removed,
         "failed": failures,
         "outputs": {
             "masks": "<PatientID>.nii.gz on the CT grid: 0 background, 1 GTVp, 2 GTVn",
@@ -344,6 +466,13 @@ def predict_container(
     """One patient in the challenge layout in, the three official outputs out."""
     data = layout.read_container_input(input_root)
     problems: list[Problem] = []
+    ehr_path = Path(input_root) / "ehr.json"
+    if not ehr_path.is_file():
+        log.warning("%s: %s missing: every clinical value unknown", data.patient, ehr_path)
+    unknown = sorted(k for k in data.ehr if k not in CLINICAL_COLUMNS)
+    if unknown:  # a submission must not crash on a key the organisers add: say it, go on
+        log.warning("%s: %s: unknown key(s) %s ignored; known: %s", data.patient, ehr_path,
+                    unknown, list(CLINICAL_COLUMNS))  # fmt: skip
     ehr = {k: v for k, v in data.ehr.items() if k in CLINICAL_COLUMNS}
     frame = pd.DataFrame([{"PatientID": data.patient} | {k: str(v) for k, v in ehr.items()}])
     table = layout.parse_table(frame, 1, Path(input_root) / "ehr.json", problems)

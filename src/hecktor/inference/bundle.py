@@ -93,10 +93,11 @@ def load_bundle(root: Path | str) -> Bundle:
 
 def _write(out: Path, manifest: dict, files: dict[str, Path]) -> Path:
     """Write a bundle atomically: the folder appears complete or not at all."""
-    with io.atomic_dir(out) as tmp:
+    with io.atomic_dir(out, "register") as tmp:
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        clean = io.strict(manifest, out / MANIFEST)
+        (tmp / MANIFEST).write_text(json.dumps(clean, indent=1, sort_keys=True, allow_nan=False))
     return out
 
 
@@ -135,7 +136,7 @@ def build_seg(cfg: Config, out: Path) -> Path:
         "members": [{"file": "model.pt", "fold": checkpoint.parent.name}],
         "metrics": {"holdout": network, "baseline": result["variants"].get("baseline")},
         "score": {"name": "score (mean of GTVp DSC, GTVn DSCagg, GTVn F1agg)",
-                  "value": float(network["score"])},
+                  "value": io.figure(network["score"])},
     }  # fmt: skip
     return _write(out, manifest, {"model.pt": checkpoint})
 
@@ -163,7 +164,7 @@ def build_hpv(cfg: Config, out: Path) -> Path:
         "members": [{"file": f"{name}.pt", "fold": name} for name, _ in files],
         "metrics": {"cv": cv, "test_ensemble": result["network"].get("test_ensemble"),
                     "baseline_cv": result["baseline"]["cv"]},
-        "score": {"name": "cross-validated balanced accuracy", "value": float(cv["balanced_accuracy"])},
+        "score": {"name": "cross-validated balanced accuracy", "value": io.figure(cv["balanced_accuracy"])},
         "threshold": "logit > 0",
     }  # fmt: skip
     return _write(out, manifest, {f"{name}.pt": path for name, path in files})
@@ -200,7 +201,7 @@ def build_rfs(cfg: Config, out: Path) -> Path:
         "mode": mode,
         "metrics": {"cv": cv, "test_ensemble": result["network"][mode].get("test_ensemble"),
                     "baseline_clinical_cv": result["baseline_clinical"]["cv"]},
-        "score": {"name": "cross-validated C-index", "value": float(cv["c_index"])},
+        "score": {"name": "cross-validated C-index", "value": io.figure(cv["c_index"])},
     }  # fmt: skip
     return _write(out, manifest, {f"{name}.pt": path for name, path in files})
 
@@ -255,9 +256,10 @@ def load_bundles(
 
 def export_bundles(bundles, out: Path | str) -> Path:
     """Copy the bundles into ``out/<name>/`` with ``sources.json`` (where each came from, and
-    its registry version)."""
+    its registry version). ``out`` must not hold anything but an earlier export."""
     out = Path(out)
-    with io.atomic_dir(out) as tmp:
+    inputs = [getattr(bundles, task).root for task in NAMES]
+    with io.atomic_dir(out, "export", inputs) as tmp:
         for task in NAMES:
             bundle: Bundle = getattr(bundles, task)
             shutil.copytree(bundle.root, tmp / NAMES[task])

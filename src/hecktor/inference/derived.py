@@ -95,7 +95,7 @@ def derive_rfs_inputs(cfg: Config) -> Path:
     oof, _ = logits_of(cfg, hpv_task, hpv_models)
     oof_logit = dict(zip(oof["PatientID"], oof["logit"], strict=True))
     rows = []
-    with io.atomic_dir(out) as tmp:
+    with io.atomic_dir(out, "derive rfs") as tmp:
         (tmp / "masks").mkdir()
         others = [p for p in patients if p not in oof_logit]
         ensemble = {}

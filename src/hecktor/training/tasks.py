@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from hecktor import metrics
+from hecktor import io, metrics
 from hecktor.config import Config, HpvConfig, RfsConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, RFS_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
@@ -101,7 +101,7 @@ class SegmentationTask:
 
 def fold_score(fold: dict) -> float:
     """A trained fold's validation score: after SWA when there was SWA, else the best epoch's."""
-    return float((fold["swa"] or fold["best"] or {}).get("score", float("nan")))
+    return io.figure((fold["swa"] or fold["best"] or {}).get("score"))
 
 
 def seg_checkpoint(models: Path | str) -> Path | None:
