@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from hecktor.config import PrepareConfig, SplitConfig, SynthConfig, load_config
+from hecktor.training.tasks import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,3 +97,27 @@ def scratch_config(tiny_config, release_dir, prepared_dir, split_cfg, root: Path
 def project_cfg(tmp_path, tiny_config, release_dir, prepared_dir, split_cfg):
     """A tiny-profile config whose outputs go to a temporary folder (inputs shared, read-only)."""
     return scratch_config(tiny_config, release_dir, prepared_dir, split_cfg, tmp_path)
+
+
+class _Poison(torch.autograd.Function):
+    """Identity forward; a NaN gradient backward when told to: a faulty kernel, made to order."""
+
+    @staticmethod
+    def forward(ctx, x, poisoned: bool):
+        ctx.poisoned = poisoned
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad * float("nan") if ctx.poisoned else grad), None
+
+
+class PoisonedSegmentation(SegmentationTask):
+    """Task 1 whose gradients are NaN under reduced precision (as a faulty bf16 kernel's were on
+    some CPUs), or always when ``always`` is set. Its losses stay finite."""
+
+    always = False
+
+    def loss(self, model, batch, device):
+        loss = super().loss(model, batch, device)
+        return _Poison.apply(loss, self.always or torch.is_autocast_enabled(device.type))

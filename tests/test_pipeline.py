@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hecktor.training.engine import cpu_supports_bf16, load_checkpoint
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -20,12 +21,14 @@ def _run(args, cwd):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def _project(root: Path, precision: str | None = None) -> Path:
+    """A scratch copy of the project on the tiny profile; ``precision`` forces every task's."""
     shutil.copy(ROOT / "dvc.yaml", root)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
+    if precision:
+        for task in ("seg", "hpv", "rfs"):
+            params["profiles"]["tiny"][task].setdefault("train", {})["precision"] = precision
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(
         ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -33,6 +36,11 @@ def project(tmp_path_factory):
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert _run(command, root).returncode == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return _project(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_runs_every_stage_then_nothing(project):
@@ -91,3 +99,17 @@ def test_a_scoring_setting_reruns_downstream_stages_without_retraining(project):
         assert f"Running stage '{upstream}'" not in output
     assert "resuming" in output and "starting afresh" not in output, output  # checkpoints reused
     assert "seg epoch 1/" not in output
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_repro_under_forced_bf16_finishes(tmp_path):
+    """Reduced-precision kernels differ between CPUs (NaN gradients on some): forced bf16 must
+    still run the whole pipeline, falling back to fp32 where a step goes non-finite."""
+    root = _project(tmp_path, precision="bf16")
+    run = _run(["dvc", "repro"], root)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Running stage 'report'" in run.stdout
+    for task in ("seg", "hpv"):
+        fold = next(p for p in (root / "models" / task).iterdir() if (p / "last.pt").is_file())
+        precision = load_checkpoint(fold / "last.pt")["precision"]
+        assert precision["reason"] == "train.precision: bf16"

@@ -120,6 +120,38 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(project, monkeypatch)
     assert result["trial"] in (1, 2)
 
 
+@pytest.mark.slow
+def test_numeric_faults_never_fail_the_first_trial_and_fp32_failures_are_tagged(
+    project, monkeypatch
+):
+    """Under bf16 a faulty kernel (NaN gradients) costs a fallback, not the trial; a trial whose
+    training fails in fp32 is FAIL with the reason, and the study goes on."""
+    from hecktor.config import override
+    from hecktor.training import workflow
+    from tests.conftest import PoisonedSegmentation
+
+    _, cfg = project
+    seg = override(cfg.seg, train=override(cfg.seg.train, precision="bf16"))
+    tune = override(cfg.tune, seg=override(cfg.tune.seg, epochs=2))  # room to fail after a fallback
+    cfg = override(cfg, seg=seg, tune=tune)
+    built = []
+
+    def poisoned(config, name, mode=None):
+        task = PoisonedSegmentation(config.seg, config.paths.prepared)
+        task.always = len(built) == 1  # the second trial fails even in fp32
+        built.append(task)
+        return task
+
+    monkeypatch.setattr(workflow, "build_task", poisoned)
+    result = tuning.tune(cfg, "seg", track=False, trials=3)
+    trials = _study(cfg).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["params_file"] is True  # the values as written completed
+    assert "in fp32" in trials[1].user_attrs["error"]
+    assert result["trials"] == {"complete": 2, "pruned": 0, "fail": 1}
+    assert read_tuned(cfg, "seg") == result
+
+
 def test_a_trial_worse_than_the_best_on_the_same_folds_is_pruned(project, monkeypatch):
     """The pruning path end to end: fold scores reach the pruner, the trial stops and is recorded.
 

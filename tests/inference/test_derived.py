@@ -4,27 +4,36 @@ import json
 
 from hecktor.data.splits import load_splits
 from hecktor.inference.derived import _sources
+from hecktor.training.engine import FINAL
+
+
+def _finished(folder, weights: str, data: bytes) -> None:
+    """A fold as training leaves it: its weights and the record that names them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / weights).write_bytes(data)
+    (folder / FINAL).write_text(json.dumps({"weights": weights, "key": "k"}))
 
 
 def test_inputs_are_keyed_by_the_weights_the_models_load(project_cfg):
     models = project_cfg.paths.models
     holdout = load_splits(project_cfg.paths.splits)["task1"]["holdout"]
-    (models / "seg" / "holdout").mkdir(parents=True)
+    _finished(models / "seg" / "holdout", "best.pt", b"seg best")
     (models / "seg" / "summary.json").write_text(json.dumps({"folds": {"holdout": {}}}))
-    (models / "seg" / "holdout" / "best.pt").write_bytes(b"seg best")
-    (models / "hpv" / "fold-0").mkdir(parents=True)
-    (models / "hpv" / "fold-0" / "best.pt").write_bytes(b"hpv best")
+    _finished(models / "hpv" / "fold-0", "best.pt", b"hpv best")
 
     seg_folds, key = _sources(project_cfg)
     assert [(n, p.name) for n, _, p in seg_folds] == [("holdout", "best.pt")]
     assert seg_folds[0][1] == set(holdout["train"])
     assert _sources(project_cfg)[1] == key
 
-    (models / "hpv" / "fold-0" / "swa.pt").write_bytes(b"hpv after SWA")  # what load_models loads
+    _finished(models / "hpv" / "fold-0", "swa.pt", b"hpv after SWA")  # what the models load
     with_swa = _sources(project_cfg)[1]
     assert with_swa != key
     (models / "hpv" / "fold-0" / "best.pt").write_bytes(b"hpv best, retrained")  # not loaded
     assert _sources(project_cfg)[1] == with_swa
-    (models / "seg" / "holdout" / "swa.pt").write_bytes(b"seg after SWA")
+    (models / "hpv" / "fold-1").mkdir()  # an unfinished fold is not a source
+    (models / "hpv" / "fold-1" / "best.pt").write_bytes(b"half-trained")
+    assert _sources(project_cfg)[1] == with_swa
+    _finished(models / "seg" / "holdout", "swa.pt", b"seg after SWA")
     seg_folds, seg_swa = _sources(project_cfg)
     assert seg_folds[0][2].name == "swa.pt" and seg_swa != with_swa

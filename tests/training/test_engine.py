@@ -1,5 +1,6 @@
 """The engine: checkpoints, resume after a real kill, selection, SWA, DDP, precision."""
 
+import math
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import torch
 from hecktor.training import engine
 from hecktor.training.tasks import SegmentationTask
 from hecktor.training.workflow import folds_of
+from tests.conftest import PoisonedSegmentation
 
 
 def _task_and_fold(cfg):
@@ -57,26 +59,164 @@ def test_a_checkpoint_of_another_config_is_not_resumed(project_cfg, tmp_path):
     assert [h["epoch"] for h in result.history] == [1]  # trained afresh, not "already done"
 
 
-def test_non_finite_loss_stops_with_a_clear_error(project_cfg, tmp_path):
-    task, train_ids, val_ids = _task_and_fold(project_cfg)
+def test_non_finite_loss_in_fp32_stops_with_a_clear_error(project_cfg, tmp_path):
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
 
     class Broken(SegmentationTask):
         def loss(self, model, batch, device):
             return super().loss(model, batch, device) * float("nan")
 
     broken = Broken(project_cfg.seg, project_cfg.paths.prepared)
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
-        engine.fit(broken, train_ids, val_ids, project_cfg.seg.train, tmp_path / "run")
-    assert task.name == "seg"
+    cfg = project_cfg.seg.train.model_copy(update={"precision": "fp32"})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1, step 1, in fp32"):
+        engine.fit(broken, train_ids, val_ids, cfg, tmp_path / "run")
+
+
+def _poisoned(cfg, always=False):
+    task = PoisonedSegmentation(cfg.seg, cfg.paths.prepared)
+    task.always = always
+    return task
+
+
+def _steps_per_epoch(cfg, train_ids):
+    return len(train_ids) // cfg.seg.train.batch_size
+
+
+def test_non_finite_gradients_are_skipped_then_the_run_continues_in_fp32(project_cfg, tmp_path):
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
+    task = _poisoned(project_cfg)  # NaN gradients whenever autocast is on
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 3, "precision": "bf16"})
+    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="h")
+    skipped = [h["skipped_steps"] for h in result.history]
+    assert sum(skipped) == engine.FALLBACK_AFTER["bf16"]  # then fp32, where nothing is poisoned
+    assert skipped[-1] == 0 and len(result.history) == 3
+    last = engine.load_checkpoint(tmp_path / "run" / "last.pt")
+    precision = last["precision"]
+    assert precision["used"] == "fp32" and precision["fallback"]["from"] == "bf16"
+    steps = _steps_per_epoch(project_cfg, train_ids)
+    at = (precision["fallback"]["epoch"] - 1) * steps + precision["fallback"]["step"]
+    assert at == engine.FALLBACK_AFTER["bf16"]  # the third consecutive bad step
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert engine.load_checkpoint(tmp_path / "run" / "best.pt")["precision"]["used"] in (
+        "bf16",
+        "fp32",
+    )
+    # the epochs after the fallback trained on every step, with finite losses
+    assert all(math.isfinite(h["train_loss"]) for h in result.history[1:])
+
+
+def test_a_run_resumed_across_a_fallback_ends_with_the_same_weights(project_cfg, tmp_path):
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
+    steps = _steps_per_epoch(project_cfg, train_ids)
+    fallback_epoch = -(-engine.FALLBACK_AFTER["bf16"] // steps)  # ceil
+    base = project_cfg.seg.train.model_copy(update={"precision": "bf16", "val_every": 100})
+    total = fallback_epoch + 1
+    straight = base.model_copy(update={"epochs": total})
+    engine.fit(
+        _poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "a", config_hash="k"
+    )
+    first = base.model_copy(update={"epochs": fallback_epoch})  # stops just after the fallback
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, first, tmp_path / "b", config_hash="k")
+    assert engine.load_checkpoint(tmp_path / "b" / "last.pt")["precision"]["used"] == "fp32"
+    engine.fit(
+        _poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "b", config_hash="k"
+    )
+    a = engine.load_checkpoint(tmp_path / "a" / "last.pt")
+    b = engine.load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["epoch"] == b["epoch"] == total
+    assert _same_weights(a["model"], b["model"])
+    assert a["precision"] == b["precision"]
+
+
+def test_a_non_finite_step_in_fp32_after_a_fallback_is_an_error(project_cfg, tmp_path):
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 3, "precision": "bf16"})
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient .* in fp32"):
+        engine.fit(_poisoned(project_cfg, always=True), train_ids, val_ids, cfg, tmp_path / "r")
+
+
+@pytest.mark.skipif(not engine.cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_auto_takes_bf16_only_where_it_agrees_with_fp32_on_this_machine(project_cfg, tmp_path):
+    task, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 1, "precision": "auto"})
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, cfg, tmp_path / "bad", config_hash="x")
+    chosen = engine.load_checkpoint(tmp_path / "bad" / "last.pt")["precision"]
+    assert chosen["used"] == "fp32" and chosen["fallback"] is None
+    assert "bf16 failed its start-up check (non-finite gradient" in chosen["reason"]
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "good", config_hash="x")
+    chosen = engine.load_checkpoint(tmp_path / "good" / "last.pt")["precision"]
+    assert chosen["used"] == "bf16" and "agrees with fp32" in chosen["reason"]
+
+
+def test_the_start_up_check_measures_agreement_and_leaves_the_model_alone(project_cfg):
+    task, train_ids, _ = _task_and_fold(project_cfg)
+    model = task.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = engine._Loop(task, project_cfg.seg.train, torch.device("cpu"),
+                        engine.Precision("fp32", "test"), 0, 1)  # fmt: skip
+    batch = next(iter(loop.loader(task.train_dataset(train_ids), 1)))
+    rng = torch.get_rng_state()
+    problem, measured = engine.check_precision(task, model, batch, torch.device("cpu"), "bf16")
+    assert problem is None, problem
+    assert measured["gradient_cosine"] > engine.MIN_GRADIENT_COSINE
+    assert _same_weights(before, model.state_dict()) and torch.equal(rng, torch.get_rng_state())
+    poisoned, _ = engine.check_precision(
+        _poisoned(project_cfg), model, batch, torch.device("cpu"), "bf16"
+    )
+    assert poisoned.startswith("non-finite gradient")
 
 
 def test_precision_resolution():
     cpu = torch.device("cpu")
     assert engine.precision_for("fp32", cpu) == "fp32"
-    assert engine.precision_for("auto", cpu) == ("bf16" if engine.cpu_supports_bf16() else "fp32")
     with engine.autocast_for("bf16", cpu)():
         y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
     assert y.dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- final weights
+
+
+def test_switching_swa_off_never_serves_the_old_swa_weights(project_cfg, tmp_path):
+    from hecktor.config import override
+    from hecktor.training.workflow import train
+
+    with_swa = override(
+        project_cfg.seg, train=override(project_cfg.seg.train, epochs=1, swa_epochs=1)
+    )
+    train(override(project_cfg, seg=with_swa), "seg", track=False)
+    fold = project_cfg.paths.models / "seg" / "holdout"
+    assert engine.trained_checkpoint(fold).name == "swa.pt"
+    without = override(with_swa, train=override(with_swa.train, swa_epochs=0))
+    train(override(project_cfg, seg=without), "seg", track=False)
+    assert engine.trained_checkpoint(fold).name == "best.pt"
+    assert not (fold / "swa.pt").exists() and not (fold / "swa_last.pt").exists()
+
+
+def test_a_new_training_key_leaves_no_weights_of_the_old_one(project_cfg, tmp_path):
+    task, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 1})
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="old")
+    engine.swa(
+        task,
+        train_ids,
+        val_ids,
+        cfg.model_copy(update={"swa_epochs": 1}),
+        tmp_path / "run",
+        config_hash="old",
+    )
+    assert (tmp_path / "run" / "swa.pt").is_file()
+    # a new key without validation patients: best.pt must be this run's last epoch, not the old best
+    engine.fit(task, train_ids, [], cfg, tmp_path / "run", config_hash="new")
+    best = engine.load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["metrics"] == {} and best["key"] == "new"
+    assert not (tmp_path / "run" / "swa.pt").exists()
+    with pytest.raises(ValueError, match="no finished training"):
+        engine.trained_checkpoint(tmp_path / "run")  # unfinished until the fold is recorded
+    engine.write_final(tmp_path / "run", "new", swa_ran=False)
+    assert engine.trained_checkpoint(tmp_path / "run").name == "best.pt"
+    with pytest.raises(RuntimeError, match="another configuration"):
+        engine.write_final(tmp_path / "run", "old", swa_ran=False)
 
 
 _SCRIPT = textwrap.dedent(

@@ -28,6 +28,7 @@ from hecktor.data.preprocess import load_case
 from hecktor.data.splits import load_splits
 from hecktor.inference.predictor import remove_small_lesions
 from hecktor.training.engine import (
+    FINAL,
     autocast_for,
     load_checkpoint,
     model_from,
@@ -62,7 +63,7 @@ def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
     # the weights the HPV fold models load (SWA when it ran): a new SWA result must remake the inputs
     hpv_paths = [
         trained_checkpoint(p.parent)
-        for p in sorted(Path(cfg.paths.models, "hpv").glob("*/best.pt"))
+        for p in sorted(Path(cfg.paths.models, "hpv").glob(f"*/{FINAL}"))
     ]
     weights = _fingerprint(
         [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]

@@ -1,10 +1,18 @@
 """The one training loop of the project, shared by every task.
 
 A task (see :class:`Task`) says how to build its model, compute its loss on a batch and score a
-validation pass. The engine does the rest, once: epochs, Adam, mixed precision (bf16 autocast on CPUs
-that support it, AMP on GPUs), a checkpoint after every epoch, resume after a kill, selection of the
-best epoch by the task's validation score, stochastic weight averaging, seeding, progress bars,
-MLflow logging, and DDP under ``torchrun`` (rank 0 alone logs and checkpoints).
+validation pass. The engine does the rest, once: epochs, Adam, mixed precision, a checkpoint after
+every epoch, resume after a kill, selection of the best epoch by the task's validation score,
+stochastic weight averaging, seeding, progress bars, MLflow logging, and DDP under ``torchrun``
+(rank 0 alone logs and checkpoints).
+
+Numerics never end a run by accident. ``precision: auto`` takes reduced precision only after a
+start-up check of the task's own network on its first real batch agrees with fp32 on this machine
+(reduced-precision kernels differ between CPUs and have produced NaN gradients on some). Every
+step's loss and gradient norm are checked: a non-finite step is skipped (no weight or optimizer
+update) and counted, and a few consecutive ones under reduced precision switch the run to fp32 from
+the last good weights. Only a non-finite step in fp32 is an error. The precision used, why, and any
+fallback are saved in every checkpoint, so a resumed run continues exactly as it would have.
 
 Every epoch reseeds all random number generators from (seed, epoch, rank), so a run resumed from
 its checkpoint after epoch k continues exactly as an uninterrupted run would. Checkpoints hold only
@@ -14,6 +22,8 @@ tensors and plain values and load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import math
 import os
@@ -126,6 +136,126 @@ def autocast_for(precision: str, device: torch.device) -> Autocast:
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+# consecutive non-finite steps under reduced precision before a run continues in fp32; fp16 AMP's
+# loss scaler skips a few overflowing steps by design while it finds its scale
+FALLBACK_AFTER = {"bf16": 3, "fp16": 16}
+# a start-up check passes when reduced precision's gradient points where fp32's does and its loss
+# is close: measured agreement on healthy kernels is far above these (see benchmarks/numerics.py)
+MIN_GRADIENT_COSINE = 0.9
+MAX_LOSS_DIFFERENCE = 0.05
+
+
+@dataclass
+class Precision:
+    """The precision a run trains in, why, and its fallback to fp32 if one happened.
+
+    Saved in every checkpoint (plain values), so that a resumed run trains as the uninterrupted one.
+    """
+
+    used: str  # bf16 | fp16 | fp32
+    reason: str
+    fallback: dict | None = None  # {"from", "epoch", "step"} once the run fell back to fp32
+    streak: int = 0  # consecutive non-finite steps so far
+
+    def to_dict(self) -> dict:
+        return {"used": self.used, "reason": self.reason, "fallback": self.fallback,
+                "streak": self.streak}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Precision:
+        return cls(data["used"], data["reason"], data.get("fallback"), int(data.get("streak", 0)))
+
+    def tags(self) -> dict[str, str]:
+        tags = {"precision": self.used, "precision_reason": self.reason}
+        if self.fallback:
+            tags["precision_fallback"] = json.dumps(self.fallback)
+        return tags
+
+
+def _first(batch: Any, count: int) -> Any:
+    """The first ``count`` samples of a batch (tensors sliced along dim 0, other values kept)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:count]
+    if isinstance(batch, dict):
+        return {k: _first(v, count) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_first(v, count) for v in batch)
+    return batch
+
+
+def _loss_and_gradient(
+    task: Task, model: nn.Module, batch: dict, device: torch.device, autocast: Autocast
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """One forward and backward of a copy of ``model``; global random state is left as it was."""
+    probe = copy.deepcopy(model).train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)  # the same dropout masks in both precisions
+        with autocast():
+            loss = task.loss(probe, batch, device)
+        loss.float().backward()
+    grads = {n: p.grad.detach().float().flatten() for n, p in probe.named_parameters()
+             if p.grad is not None}  # fmt: skip
+    return float(loss.detach().float()), grads
+
+
+def check_precision(
+    task: Task, model: nn.Module, batch: dict, device: torch.device, precision: str
+) -> tuple[str | None, dict[str, float]]:
+    """Whether ``precision`` trains this network like fp32 does, on one real batch: why not (or
+    None) and the measured agreement. Finite loss and gradients are required, a gradient cosine of
+    at least :data:`MIN_GRADIENT_COSINE` and a relative loss difference of at most
+    :data:`MAX_LOSS_DIFFERENCE`. On a GPU the check uses two samples, to fit beside training."""
+    if device.type == "cuda":
+        batch = _first(batch, 2)
+    loss32, grads32 = _loss_and_gradient(task, model, batch, device, contextlib.nullcontext)
+    loss, grads = _loss_and_gradient(task, model, batch, device, autocast_for(precision, device))
+    if not math.isfinite(loss):
+        return f"non-finite loss {loss}", {}
+    bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+    if bad:
+        return f"non-finite gradient in {bad[0]}" + (
+            f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        ), {}
+    a = torch.cat([grads32[n] for n in grads32])
+    b = torch.cat([grads[n] for n in grads32])
+    norms = float(a.norm() * b.norm())
+    cosine = float(a @ b) / norms if norms > 0 else 1.0
+    difference = abs(loss - loss32) / max(abs(loss32), 1e-6)
+    measured = {"gradient_cosine": round(cosine, 4), "loss_difference": round(difference, 4)}
+    if cosine < MIN_GRADIENT_COSINE:
+        return (
+            f"gradient cosine {cosine:.3f} with fp32 (at least {MIN_GRADIENT_COSINE} needed)",
+            measured,
+        )
+    if difference > MAX_LOSS_DIFFERENCE:
+        return f"loss differs from fp32 by {100 * difference:.1f}%", measured
+    return None, measured
+
+
+def choose_precision(
+    task: Task, cfg: TrainConfig, model: nn.Module, first_batch: Callable[[], dict],
+    device: torch.device, world: int = 1,
+) -> Precision:  # fmt: skip
+    """The precision a new run trains in: as configured, or for ``auto`` reduced precision where
+    this device offers it and :func:`check_precision` passes on the task's first batch, else fp32.
+    Under DDP every rank checks and all must pass."""
+    if cfg.precision != "auto":
+        return Precision(cfg.precision, f"train.precision: {cfg.precision}")
+    candidate = precision_for("auto", device)
+    if candidate == "fp32":
+        return Precision("fp32", "auto: this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    problem, measured = check_precision(task, model, first_batch(), device, candidate)
+    if world > 1:
+        passed = torch.tensor([0.0 if problem else 1.0], device=device)
+        dist.all_reduce(passed, op=dist.ReduceOp.MIN)
+        if passed.item() == 0 and problem is None:
+            problem = "another rank's check failed"
+    if problem:
+        return Precision("fp32", f"auto: {candidate} failed its start-up check ({problem})")
+    shown = ", ".join(f"{k} {v}" for k, v in measured.items())
+    return Precision(candidate, f"auto: {candidate} agrees with fp32 on this machine ({shown})")
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -144,14 +274,42 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def trained_checkpoint(folder: Path | str) -> Path:
-    """A fold's final weights: after SWA when it ran, else the best epoch's."""
+FINAL = "final.json"  # written when a fold finishes: which file holds its final weights
+_FOLD_FILES = ("last.pt", "best.pt", "swa_last.pt", "swa.pt", FINAL)
+
+
+def write_final(folder: Path | str, key: str, swa_ran: bool) -> Path:
+    """Record a finished fold's final weights: after SWA when it ran, else the best epoch's.
+
+    The one rule for a fold's final weights; everything else reads it with
+    :func:`trained_checkpoint`.
+    """
     folder = Path(folder)
-    for name in ("swa.pt", "best.pt"):
-        if (folder / name).is_file():
-            return folder / name
-    # a ValueError: the command line reports it as one line, like any other unusable input
-    raise ValueError(f"{folder}: no trained model (swa.pt or best.pt); run `hecktor train` first")
+    weights = "swa.pt" if swa_ran else "best.pt"
+    if load_checkpoint(folder / weights).get("key") != key:
+        raise RuntimeError(f"{folder / weights}: written under another configuration")
+    io.write_json(folder / FINAL, {"weights": weights, "key": key})
+    return folder / weights
+
+
+def trained_checkpoint(folder: Path | str) -> Path:
+    """A finished fold's final weights, as :func:`write_final` recorded them."""
+    folder = Path(folder)
+    try:
+        final = json.loads((folder / FINAL).read_text())
+    except (OSError, ValueError):
+        final = None
+    if not final or not (folder / final["weights"]).is_file():
+        # a ValueError: the command line reports it as one line, like any other unusable input
+        raise ValueError(f"{folder}: no finished training; run `hecktor train` first")
+    return folder / final["weights"]
+
+
+def clear_fold(folder: Path | str) -> None:
+    """Remove a fold's checkpoints and final record: a training under a new key starts clean, so
+    no weights of another configuration can be taken for its own."""
+    for name in _FOLD_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def model_from(task: Task, state: dict[str, Any], device: torch.device) -> nn.Module:
@@ -187,10 +345,20 @@ class _Loop:
     task: Task
     cfg: TrainConfig
     device: torch.device
-    autocast: Autocast
-    scaler: torch.amp.GradScaler | None
+    precision: Precision
     rank: int
     world: int
+    tracker: Tracker = field(default_factory=lambda: Tracker(None))
+    scaler: torch.amp.GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        self.use(self.precision)
+
+    def use(self, precision: Precision) -> None:
+        self.precision = precision
+        self.autocast = autocast_for(precision.used, self.device)
+        fp16_amp = precision.used == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if fp16_amp else None
 
     def loader(self, dataset: Dataset, epoch: int) -> DataLoader:
         seed = self.cfg.seed * 100_003 + epoch * 1_009 + self.rank
@@ -218,6 +386,64 @@ class _Loop:
             persistent_workers=False,
         )
 
+    def _all_ranks(self, good: bool) -> bool:
+        """Whether the step is good on every rank (a loss can be non-finite on one rank only)."""
+        if self.world == 1:
+            return good
+        flag = torch.tensor([1.0 if good else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict
+    ) -> tuple[float, str | None]:
+        """One update; returns the loss and what was non-finite (the step was then skipped)."""
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.task.loss(model, batch, self.device)
+        finite_loss = bool(torch.isfinite(loss.detach()))
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()  # on every rank, whatever the loss: DDP synchronises gradients here
+        norm = nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        bad = None if finite_loss else "loss"
+        bad = bad or (None if bool(torch.isfinite(norm)) else "gradient")
+        if not self._all_ranks(bad is None):
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:  # as the scaler does for an overflow: a smaller scale
+                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            return float("nan"), bad or "loss or gradient on another rank"
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        return float(loss.detach()), None
+
+    def _non_finite(self, what: str, epoch: int, step: int) -> None:
+        """Count a skipped step; fall back to fp32 after a streak; fail only in fp32."""
+        used = self.precision.used
+        if used == "fp32":
+            raise FloatingPointError(
+                f"{self.task.name}: non-finite {what} at epoch {epoch}, step {step}, in fp32"
+            )
+        self.precision.streak += 1
+        if self.precision.streak >= FALLBACK_AFTER.get(used, 1):
+            self._fall_back(epoch, step)
+
+    def _fall_back(self, epoch: int, step: int) -> None:
+        """Continue in fp32 from the current weights: the skipped steps never changed them."""
+        used, streak = self.precision.used, self.precision.streak
+        fallback = {"from": used, "epoch": epoch, "step": step}
+        self.use(Precision("fp32", self.precision.reason, fallback))
+        if self.rank == 0:
+            log.warning("%s: %d consecutive non-finite steps under %s (epoch %d, step %d): "
+                        "continuing in fp32 from the last good weights", self.task.name,
+                        streak, used, epoch, step)  # fmt: skip
+            self.tracker.set_tags(self.precision.tags())
+
     def train_epoch(
         self,
         model: nn.Module,
@@ -225,43 +451,37 @@ class _Loop:
         dataset: Dataset,
         epoch: int,
         label: str = "epoch",
-    ) -> float:
-        """One pass over the data; returns the mean loss (averaged over ranks)."""
+    ) -> tuple[float, int]:
+        """One pass over the data; returns the mean loss of the good steps (averaged over ranks)
+        and the number of skipped, non-finite steps."""
         model.train()
         total = torch.zeros(2, dtype=torch.float64)
+        skipped = 0
         bar = tqdm(self.loader(dataset, epoch), desc=f"{self.task.name} {label}", leave=False,
                    disable=self.rank != 0, unit="batch")  # fmt: skip
-        for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = self.task.loss(model, batch, self.device)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{self.task.name}: non-finite loss {loss.item()} at epoch {epoch}"
-                )
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-                optimizer.step()
-            total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        for step, batch in enumerate(bar, 1):
+            loss, bad = self._step(model, optimizer, batch)
+            if bad is not None:
+                skipped += 1
+                self._non_finite(bad, epoch, step)
+                continue
+            self.precision.streak = 0
+            total += torch.tensor([loss, 1.0], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if skipped and self.rank == 0:
+            log.warning("%s %s: %d non-finite step(s) skipped", self.task.name, label, skipped)
+        if skipped and not total[1] and self.precision.used != "fp32":
+            self._fall_back(epoch, skipped)  # not one good step: a short epoch's streak is enough
         if self.world > 1:
             dist.all_reduce(total)
-        return float(total[0] / max(total[1], 1.0))
+        return float(total[0] / total[1]) if total[1] else float("nan"), skipped
 
 
-def _setup(task: Task, cfg: TrainConfig) -> _Loop:
+def _setup(task: Task, cfg: TrainConfig, precision: Precision, tracker: Tracker | None) -> _Loop:
     rank, world = distributed()
     device = resolve_device(cfg.device)
-    precision = precision_for(cfg.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
-    return _Loop(task, cfg, device, autocast_for(precision, device), scaler, rank, world)
+    tracker = tracker if rank == 0 and tracker is not None else Tracker(None)
+    return _Loop(task, cfg, device, precision, rank, world, tracker)
 
 
 def _barrier(world: int) -> None:
@@ -276,6 +496,14 @@ def _wrap(model: nn.Module, loop: _Loop) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _announce(loop: _Loop, out: Path) -> None:
+    if loop.rank == 0:
+        log.info(
+            "%s: %s in %s (%s)", loop.task.name, out, loop.precision.used, loop.precision.reason
+        )
+        loop.tracker.set_tags(loop.precision.tags())
+
+
 def fit(
     task: Task,
     train_ids: Sequence[str],
@@ -287,39 +515,48 @@ def fit(
 ) -> FitResult:
     """Train ``task`` and keep the best epoch (``best.pt``); resume from ``last.pt`` if present.
 
-    A ``last.pt`` written under another config hash is not resumed: training starts afresh.
+    A ``last.pt`` written under another config hash is not resumed: the fold's checkpoints are
+    removed and training starts afresh.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    loop = _setup(task, cfg)
-    tracker = tracker if loop.rank == 0 and tracker is not None else Tracker(None)
+    loop = _setup(task, cfg, Precision("fp32", "until chosen"), tracker)
     seed_everything(cfg.seed)
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best_epoch, best_score, best_metrics, history = 1, 0, -math.inf, {}, []
     last = out / "last.pt"
-    if last.is_file():
-        state = load_checkpoint(last, loop.device)
-        if state.get("config_hash") == config_hash:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if loop.scaler is not None and "scaler" in state:
-                loop.scaler.load_state_dict(state["scaler"])
-            start = int(state["epoch"]) + 1
-            best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
-            best_metrics, history = dict(state["best_metrics"]), list(state["history"])
-            if loop.rank == 0:
-                log.info("%s: resuming %s after epoch %d", task.name, out, start - 1)
-        else:
-            log.warning("%s: %s was written under another config; starting afresh", task.name, last)
-    wrapped = _wrap(model, loop)
+    state = load_checkpoint(last, loop.device) if last.is_file() else None
+    if state is not None and state.get("config_hash") != config_hash:
+        log.warning("%s: %s was written under another config; starting afresh", task.name, last)
+        state = None
+    if state is None and loop.rank == 0:
+        clear_fold(out)
+    _barrier(loop.world)
     dataset = task.train_dataset(train_ids)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loop.use(Precision.from_dict(state["precision"]))
+        if loop.scaler is not None and "scaler" in state:
+            loop.scaler.load_state_dict(state["scaler"])
+        start = int(state["epoch"]) + 1
+        best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
+        best_metrics, history = dict(state["best_metrics"]), list(state["history"])
+        if loop.rank == 0:
+            log.info("%s: resuming %s after epoch %d", task.name, out, start - 1)
+    elif start <= cfg.epochs:
+
+        def first_batch() -> dict:  # the epoch's loader reseeds, so training sees the same batch
+            return next(iter(loop.loader(dataset, start)))
+
+        loop.use(choose_precision(task, cfg, model, first_batch, loop.device, loop.world))
+    _announce(loop, out)
+    wrapped = _wrap(model, loop)
     for epoch in range(start, cfg.epochs + 1):
-        record: dict[str, float] = {
-            "epoch": epoch,
-            "train_loss": loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}"),
-        }
+        loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
+        record: dict[str, float] = {"epoch": epoch, "train_loss": loss, "skipped_steps": skipped}
         if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
             model.eval()
             with torch.inference_mode():
@@ -327,18 +564,14 @@ def fit(
             record.update({f"val_{k}": v for k, v in metrics.items()})
             if metrics["score"] > best_score:
                 best_epoch, best_score, best_metrics = epoch, float(metrics["score"]), dict(metrics)
-                save_checkpoint(
-                    out / "best.pt",
-                    {
-                        "model": model.state_dict(),
-                        "epoch": epoch,
-                        "metrics": metrics,
-                        "task": task.state(),
-                    },
-                )
+                save_checkpoint(out / "best.pt", {
+                    "model": model.state_dict(), "epoch": epoch, "metrics": metrics,
+                    "task": task.state(), "key": config_hash,
+                    "precision": loop.precision.to_dict(),
+                })  # fmt: skip
         history.append(record)
         if loop.rank == 0:
-            tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            loop.tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -348,6 +581,7 @@ def fit(
                 "best_metrics": best_metrics,
                 "history": history,
                 "config_hash": config_hash,
+                "precision": loop.precision.to_dict(),
             }
             if loop.scaler is not None:
                 state["scaler"] = loop.scaler.state_dict()
@@ -356,10 +590,10 @@ def fit(
                      " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))  # fmt: skip
         _barrier(loop.world)
     if loop.rank == 0 and not (out / "best.pt").is_file():  # no validation set: the last epoch
-        save_checkpoint(
-            out / "best.pt",
-            {"model": model.state_dict(), "epoch": cfg.epochs, "metrics": {}, "task": task.state()},
-        )
+        save_checkpoint(out / "best.pt", {
+            "model": model.state_dict(), "epoch": cfg.epochs, "metrics": {},
+            "task": task.state(), "key": config_hash, "precision": loop.precision.to_dict(),
+        })  # fmt: skip
         best_epoch = cfg.epochs
     _barrier(loop.world)
     return FitResult(out, best_epoch, best_score, best_metrics, history, model)
@@ -376,15 +610,20 @@ def swa(
 ) -> dict[str, float] | None:
     """Refine ``best.pt`` by stochastic weight averaging for ``swa_epochs``; write ``swa.pt``.
 
-    Weights are averaged at the end of every epoch under a constant SWA learning rate. Restartable
-    from ``swa_last.pt`` like :func:`fit`. Returns the averaged model's validation metrics.
+    Weights are averaged at the end of every epoch under a constant SWA learning rate, in the
+    precision training ended in. Restartable from ``swa_last.pt`` like :func:`fit`. Returns the
+    averaged model's validation metrics.
     """
     if cfg.swa_epochs == 0:
         return None
     out = Path(out)
-    loop = _setup(task, cfg)
-    tracker = tracker if loop.rank == 0 and tracker is not None else Tracker(None)
-    best = load_checkpoint(out / "best.pt", loop.device)
+    best = load_checkpoint(out / "best.pt")
+    ended = (
+        load_checkpoint(out / "last.pt").get("precision") if (out / "last.pt").is_file() else None
+    )
+    precision = Precision.from_dict(ended or best["precision"])
+    precision.streak = 0
+    loop = _setup(task, cfg, precision, tracker)
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     model.load_state_dict(best["model"])
@@ -405,20 +644,23 @@ def swa(
             averaged.load_state_dict(state["averaged"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            loop.use(Precision.from_dict(state["precision"]))
             start = int(state["epoch"]) + 1
     wrapped = _wrap(model, loop)
     dataset = task.train_dataset(train_ids)
     offset = 10_000  # SWA epochs draw other random streams than training epochs
     for epoch in range(start, cfg.swa_epochs + 1):
-        loss = loop.train_epoch(wrapped, optimizer, dataset, offset + epoch, f"swa epoch {epoch}")
+        label = f"swa epoch {epoch}"
+        loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, offset + epoch, label)
         averaged.update_parameters(model)
         scheduler.step()
         if loop.rank == 0:
-            tracker.log_metrics({"swa_train_loss": loss}, step=epoch)
+            loop.tracker.log_metrics({"swa_train_loss": loss, "swa_skipped_steps": skipped},
+                                     step=epoch)  # fmt: skip
             save_checkpoint(last, {
                 "model": model.state_dict(), "averaged": averaged.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "key": key,
+                "epoch": epoch, "key": key, "precision": loop.precision.to_dict(),
             })  # fmt: skip
         _barrier(loop.world)
     metrics: dict[str, float] = {}
@@ -428,17 +670,12 @@ def swa(
             swa_model.eval()
             with torch.inference_mode():
                 metrics = task.validate(swa_model, val_ids, loop.device, loop.autocast)
-            tracker.log_metrics(
+            loop.tracker.log_metrics(
                 {f"swa_val_{k}": v for k, v in metrics.items()}, step=cfg.swa_epochs
             )
-        save_checkpoint(
-            out / "swa.pt",
-            {
-                "model": swa_model.state_dict(),
-                "epoch": best["epoch"],
-                "metrics": metrics,
-                "task": task.state(),
-            },
-        )
+        save_checkpoint(out / "swa.pt", {
+            "model": swa_model.state_dict(), "epoch": best["epoch"], "metrics": metrics,
+            "task": task.state(), "key": config_hash, "precision": loop.precision.to_dict(),
+        })  # fmt: skip
     _barrier(loop.world)
     return metrics

@@ -20,7 +20,7 @@ import pandas as pd
 from hecktor import io, tracking
 from hecktor.config import Config, read_tuned
 from hecktor.data.splits import load_splits
-from hecktor.training.engine import distributed, fit, swa
+from hecktor.training.engine import distributed, fit, swa, write_final
 from hecktor.training.tasks import build_task, fold_score
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,8 @@ def train(
                 child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
                 result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
                 swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+                if rank == 0:
+                    write_final(fold_dir, key, swa_ran=swa_metrics is not None)
                 child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
                 child.log_metrics({"best_epoch": result.best_epoch})
                 if swa_metrics:

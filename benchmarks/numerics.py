@@ -1,0 +1,120 @@
+"""How much the demo's headline figures move under numeric noise: precision and seed.
+
+Trains and scores every task of a profile (default: demo) the way `dvc repro` does (params, then
+the tuned values in `tuned/`), once per precision and seed, each run in its own folder, and prints
+one row per run and the spread (max - min) of each headline figure:
+
+    Task 1 hold-out GTVp DSC, GTVn DSCagg, GTVn F1agg (the registered variant) and whether the
+    network beats the PET-threshold baseline on all three; Task 3 cross-validated balanced
+    accuracy; Task 2 cross-validated C-index (network trained on predicted inputs).
+
+    python benchmarks/numerics.py [--profile demo] [--precisions fp32 bf16] [--seeds 2025 2026]
+        [--out numerics-runs] [--json numerics.json]
+
+It reads the prepared data and splits of the pipeline (`dvc repro split` first) and writes nothing
+else. Four runs of the demo take about 35 minutes on 2 CPU cores. "bf16" forces bf16 autocast (the
+run still falls back to fp32 where a step goes non-finite: the table says so); "fp32" forces fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from hecktor.config import Config, apply_tuned, load_config, override
+from hecktor.crossval.hpv import crossval_hpv
+from hecktor.crossval.rfs import crossval_rfs
+from hecktor.crossval.seg import crossval_seg
+from hecktor.reports import markdown_table
+from hecktor.training.engine import load_checkpoint
+from hecktor.training.workflow import train
+
+FIGURES = ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "hpv_cv_BA", "rfs_cv_C")
+
+
+def run_config(cfg: Config, precision: str, seed: int, root: Path) -> Config:
+    """``cfg`` training in ``precision`` with ``seed``, writing every output under ``root``."""
+    outputs = ("models", "predictions", "metrics", "plots", "reports", "mlruns", "studies")
+    paths = override(cfg.paths, **{name: root / name for name in outputs})
+    sections = {
+        task: override(
+            getattr(cfg, task),
+            train=override(getattr(cfg, task).train, precision=precision, seed=seed),
+        )
+        for task in ("seg", "hpv", "rfs")
+    }
+    return override(cfg, paths=paths, **sections)
+
+
+def precisions_used(models: Path) -> str:
+    """The precision each task ended in, e.g. ``seg bf16, hpv bf16, rfs fp32 (fallback)``."""
+    out = []
+    for task in ("seg", "hpv", "rfs"):
+        used = set()
+        for last in sorted((models / task).glob("*/last.pt")):
+            precision = load_checkpoint(last).get("precision", {})
+            used.add(
+                precision.get("used", "?") + (" (fallback)" if precision.get("fallback") else "")
+            )
+        out.append(f"{task} {'/'.join(sorted(used))}")
+    return ", ".join(out)
+
+
+def one_run(cfg: Config) -> dict:
+    start = time.perf_counter()
+    train(cfg, "seg", track=False)
+    seg = crossval_seg(cfg, track=False)
+    train(cfg, "hpv", track=False)
+    hpv = crossval_hpv(cfg, track=False)
+    train(cfg, "rfs", track=False)
+    rfs = crossval_rfs(cfg, track=False)
+    network, baseline = seg["variants"][seg["network"]], seg["variants"]["baseline"]
+    mode = "pred" if "pred" in rfs["network"] else next(iter(rfs["network"]))
+    return {
+        **{k: network[k] for k in FIGURES[:3]},
+        "beats_baseline": all(network[k] > baseline[k] for k in FIGURES[:3]),
+        "hpv_cv_BA": hpv["network"]["cv"]["balanced_accuracy"],
+        "rfs_cv_C": rfs["network"][mode]["cv"]["c_index"],
+        "baseline": {k: baseline[k] for k in FIGURES[:3]},
+        "used": precisions_used(Path(cfg.paths.models)),
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2025, 2026])
+    parser.add_argument("--out", default="numerics-runs", help="scratch folder for the runs")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = apply_tuned(load_config(args.params, args.profile))
+    rows = []
+    for precision in args.precisions:
+        for seed in args.seeds:
+            root = Path(args.out) / f"{precision}-{seed}"
+            result = one_run(run_config(cfg, precision, seed, root))
+            rows.append({"precision": precision, "seed": seed, **result})
+            print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    columns = ["precision", "seed", *FIGURES, "beats_baseline", "minutes", "used"]
+    print("\n" + markdown_table(rows, columns))
+    spread = {k: float(table[k].max() - table[k].min()) for k in FIGURES}
+    print("\nspread (max - min): " + ", ".join(f"{k} {v:.3f}" for k, v in spread.items()))
+    print(
+        "range: " + ", ".join(f"{k} {table[k].min():.3f} to {table[k].max():.3f}" for k in FIGURES)
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "spread": spread}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
