@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from hecktor.checkpoints import load_checkpoint
 from hecktor.config import Config, apply_tuned, load_config, override
 from hecktor.crossval.hpv import crossval_hpv
 from hecktor.crossval.rfs import crossval_rfs
 from hecktor.crossval.seg import crossval_seg
 from hecktor.reports import markdown_table
-from hecktor.training.engine import load_checkpoint
 from hecktor.training.workflow import train
 
 FIGURES = ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "hpv_cv_BA", "rfs_cv_C")

@@ -27,10 +27,10 @@ from monai.inferers import sliding_window_inference
 from hecktor.config import load_config
 from hecktor.data import layout
 from hecktor.data.preprocess import preprocess
+from hecktor.devices import cpu_supports_bf16
 from hecktor.inference.batch import Predictor
 from hecktor.inference.bundle import load_bundles
 from hecktor.metrics import dice
-from hecktor.training.engine import cpu_supports_bf16
 
 
 def plain_fp32(model, image: np.ndarray, patch) -> np.ndarray:

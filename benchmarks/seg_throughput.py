@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from hecktor.checkpoints import load_checkpoint
 from hecktor.config import load_config
 from hecktor.data.preprocess import load_case
+from hecktor.devices import autocast_for, cpu_supports_bf16
 from hecktor.inference.predictor import segment
 from hecktor.metrics import dice
 from hecktor.models.segmentation import build_dynunet
-from hecktor.training.engine import autocast_for, cpu_supports_bf16, load_checkpoint
 
 
 def train_rate(model, patch, batch, steps, autocast) -> float:

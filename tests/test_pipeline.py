@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hecktor.training.engine import cpu_supports_bf16, load_checkpoint
+from hecktor.checkpoints import load_checkpoint
+from hecktor.devices import cpu_supports_bf16
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

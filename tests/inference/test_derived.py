@@ -2,9 +2,9 @@
 
 import json
 
+from hecktor.checkpoints import FINAL
 from hecktor.data.splits import load_splits
 from hecktor.inference.derived import _sources
-from hecktor.training.engine import FINAL
 
 
 def _finished(folder, weights: str, data: bytes) -> None:

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from hecktor import checkpoints, devices
 from hecktor.training import engine
 from hecktor.training.tasks import SegmentationTask
 from hecktor.training.workflow import folds_of
@@ -39,12 +40,12 @@ def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path)
             tmp_path / "run" / name, weights_only=True
         )  # nothing untrusted unpickled
         assert "model" in state
-    last = engine.load_checkpoint(tmp_path / "run" / "last.pt")
+    last = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 2 and len(last["history"]) == 2
     scores = [h["val_score"] for h in last["history"]]
     assert result.best_score == max(scores)
     assert result.best_epoch == 1 + scores.index(max(scores))
-    assert engine.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch
 
     swa_metrics = engine.swa(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="h")
     assert set(swa_metrics) == {"GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"}
@@ -90,14 +91,14 @@ def test_non_finite_gradients_are_skipped_then_the_run_continues_in_fp32(project
     skipped = [h["skipped_steps"] for h in result.history]
     assert sum(skipped) == engine.FALLBACK_AFTER["bf16"]  # then fp32, where nothing is poisoned
     assert skipped[-1] == 0 and len(result.history) == 3
-    last = engine.load_checkpoint(tmp_path / "run" / "last.pt")
+    last = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")
     precision = last["precision"]
     assert precision["used"] == "fp32" and precision["fallback"]["from"] == "bf16"
     steps = _steps_per_epoch(project_cfg, train_ids)
     at = (precision["fallback"]["epoch"] - 1) * steps + precision["fallback"]["step"]
     assert at == engine.FALLBACK_AFTER["bf16"]  # the third consecutive bad step
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    assert engine.load_checkpoint(tmp_path / "run" / "best.pt")["precision"]["used"] in (
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")["precision"]["used"] in (
         "bf16",
         "fp32",
     )
@@ -117,12 +118,12 @@ def test_a_run_resumed_across_a_fallback_ends_with_the_same_weights(project_cfg,
     )
     first = base.model_copy(update={"epochs": fallback_epoch})  # stops just after the fallback
     engine.fit(_poisoned(project_cfg), train_ids, val_ids, first, tmp_path / "b", config_hash="k")
-    assert engine.load_checkpoint(tmp_path / "b" / "last.pt")["precision"]["used"] == "fp32"
+    assert checkpoints.load_checkpoint(tmp_path / "b" / "last.pt")["precision"]["used"] == "fp32"
     engine.fit(
         _poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "b", config_hash="k"
     )
-    a = engine.load_checkpoint(tmp_path / "a" / "last.pt")
-    b = engine.load_checkpoint(tmp_path / "b" / "last.pt")
+    a = checkpoints.load_checkpoint(tmp_path / "a" / "last.pt")
+    b = checkpoints.load_checkpoint(tmp_path / "b" / "last.pt")
     assert a["epoch"] == b["epoch"] == total
     assert _same_weights(a["model"], b["model"])
     assert a["precision"] == b["precision"]
@@ -135,16 +136,16 @@ def test_a_non_finite_step_in_fp32_after_a_fallback_is_an_error(project_cfg, tmp
         engine.fit(_poisoned(project_cfg, always=True), train_ids, val_ids, cfg, tmp_path / "r")
 
 
-@pytest.mark.skipif(not engine.cpu_supports_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not devices.cpu_supports_bf16(), reason="this CPU has no native bf16")
 def test_auto_takes_bf16_only_where_it_agrees_with_fp32_on_this_machine(project_cfg, tmp_path):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 1, "precision": "auto"})
     engine.fit(_poisoned(project_cfg), train_ids, val_ids, cfg, tmp_path / "bad", config_hash="x")
-    chosen = engine.load_checkpoint(tmp_path / "bad" / "last.pt")["precision"]
+    chosen = checkpoints.load_checkpoint(tmp_path / "bad" / "last.pt")["precision"]
     assert chosen["used"] == "fp32" and chosen["fallback"] is None
     assert "bf16 failed its start-up check (non-finite gradient" in chosen["reason"]
     engine.fit(task, train_ids, val_ids, cfg, tmp_path / "good", config_hash="x")
-    chosen = engine.load_checkpoint(tmp_path / "good" / "last.pt")["precision"]
+    chosen = checkpoints.load_checkpoint(tmp_path / "good" / "last.pt")["precision"]
     assert chosen["used"] == "bf16" and "agrees with fp32" in chosen["reason"]
 
 
@@ -166,14 +167,6 @@ def test_the_start_up_check_measures_agreement_and_leaves_the_model_alone(projec
     assert poisoned.startswith("non-finite gradient")
 
 
-def test_precision_resolution():
-    cpu = torch.device("cpu")
-    assert engine.precision_for("fp32", cpu) == "fp32"
-    with engine.autocast_for("bf16", cpu)():
-        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
-    assert y.dtype == torch.bfloat16
-
-
 # --------------------------------------------------------------------------- final weights
 
 
@@ -186,10 +179,10 @@ def test_switching_swa_off_never_serves_the_old_swa_weights(project_cfg, tmp_pat
     )
     train(override(project_cfg, seg=with_swa), "seg", track=False)
     fold = project_cfg.paths.models / "seg" / "holdout"
-    assert engine.trained_checkpoint(fold).name == "swa.pt"
+    assert checkpoints.trained_checkpoint(fold).name == "swa.pt"
     without = override(with_swa, train=override(with_swa.train, swa_epochs=0))
     train(override(project_cfg, seg=without), "seg", track=False)
-    assert engine.trained_checkpoint(fold).name == "best.pt"
+    assert checkpoints.trained_checkpoint(fold).name == "best.pt"
     assert not (fold / "swa.pt").exists() and not (fold / "swa_last.pt").exists()
 
 
@@ -208,15 +201,15 @@ def test_a_new_training_key_leaves_no_weights_of_the_old_one(project_cfg, tmp_pa
     assert (tmp_path / "run" / "swa.pt").is_file()
     # a new key without validation patients: best.pt must be this run's last epoch, not the old best
     engine.fit(task, train_ids, [], cfg, tmp_path / "run", config_hash="new")
-    best = engine.load_checkpoint(tmp_path / "run" / "best.pt")
+    best = checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["metrics"] == {} and best["key"] == "new"
     assert not (tmp_path / "run" / "swa.pt").exists()
     with pytest.raises(ValueError, match="no finished training"):
-        engine.trained_checkpoint(tmp_path / "run")  # unfinished until the fold is recorded
-    engine.write_final(tmp_path / "run", "new", swa_ran=False)
-    assert engine.trained_checkpoint(tmp_path / "run").name == "best.pt"
+        checkpoints.trained_checkpoint(tmp_path / "run")  # unfinished until the fold is recorded
+    checkpoints.write_final(tmp_path / "run", "new", swa_ran=False)
+    assert checkpoints.trained_checkpoint(tmp_path / "run").name == "best.pt"
     with pytest.raises(RuntimeError, match="another configuration"):
-        engine.write_final(tmp_path / "run", "old", swa_ran=False)
+        checkpoints.write_final(tmp_path / "run", "old", swa_ran=False)
 
 
 _SCRIPT = textwrap.dedent(
@@ -260,19 +253,19 @@ def test_resume_after_a_kill_ends_with_the_same_weights(project_cfg, tmp_path):
     last = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if last.is_file() and engine.load_checkpoint(last)["epoch"] >= 2:
+        if last.is_file() and checkpoints.load_checkpoint(last)["epoch"] >= 2:
             break
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    stopped_at = engine.load_checkpoint(last)["epoch"]
+    stopped_at = checkpoints.load_checkpoint(last)["epoch"]
     assert stopped_at < 4, "the run finished before it could be killed"
     resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {tmp_path / 'killed'} after epoch {stopped_at}" in resumed.stderr
 
-    a = engine.load_checkpoint(tmp_path / "straight" / "last.pt")
-    b = engine.load_checkpoint(last)
+    a = checkpoints.load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = checkpoints.load_checkpoint(last)
     assert a["epoch"] == b["epoch"] == 4
     assert _same_weights(a["model"], b["model"])
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
@@ -306,14 +299,6 @@ def test_two_process_ddp_trains_the_same_model_on_both_ranks(project_cfg, tmp_pa
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
     assert _same_weights(a, b)
-    assert engine.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
     start = torch.load(out / "rank0.pt", weights_only=True)
     assert any(v.float().abs().sum() > 0 for v in start.values())
-
-
-def test_equal_checkpoints_are_equal_bytes(tmp_path):
-    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
-    engine.save_checkpoint(tmp_path / "a.pt", state)
-    engine.save_checkpoint(tmp_path / "b.pt", state)
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
-    assert torch.equal(engine.load_checkpoint(tmp_path / "a.pt")["model"]["w"], state["model"]["w"])

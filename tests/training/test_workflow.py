@@ -93,8 +93,8 @@ def test_crossval_scores_every_variant_on_the_ct_grid(trained):
 
 @pytest.mark.slow
 def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
+    from hecktor.checkpoints import load_checkpoint
     from hecktor.crossval.hpv import ABLATIONS, ablate_hpv, crossval_hpv
-    from hecktor.training.engine import load_checkpoint
 
     cfg, _ = trained
     summary = train(cfg, "hpv")

@@ -27,10 +27,11 @@ from sklearn.metrics import roc_curve
 from torch import nn
 
 from hecktor import io, metrics, reports, tracking
+from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
 from hecktor.data.splits import load_splits
-from hecktor.training.engine import autocast_for, load_trained, precision_for, resolve_device
+from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.training.tasks import HPVTask
 from hecktor.training.workflow import folds_of, task_folds
 

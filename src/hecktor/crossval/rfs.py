@@ -26,12 +26,13 @@ from lifelines.statistics import logrank_test
 from scipy import ndimage
 
 from hecktor import io, metrics, reports, tracking
+from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
 from hecktor.data.preprocess import load_case
 from hecktor.data.splits import load_splits
+from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.inference.derived import derive_rfs_inputs
-from hecktor.training.engine import autocast_for, load_trained, precision_for, resolve_device
 from hecktor.training.tasks import RFSTask
 from hecktor.training.workflow import folds_of, task_folds
 

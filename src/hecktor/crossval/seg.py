@@ -17,18 +17,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hecktor import baselines, evaluation, io, metrics, reports, tracking
+from hecktor.checkpoints import load_checkpoint, model_from
 from hecktor.config import Config
 from hecktor.data import layout
 from hecktor.data.preprocess import Geometry, load_case, to_original_grid
 from hecktor.data.splits import load_splits
+from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import (
-    autocast_for,
-    load_checkpoint,
-    model_from,
-    precision_for,
-    resolve_device,
-)
 from hecktor.training.tasks import SegmentationTask
 from hecktor.training.workflow import folds_of
 

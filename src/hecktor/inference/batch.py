@@ -25,12 +25,13 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from hecktor import io
+from hecktor.checkpoints import model_from
 from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import Geometry, preprocess, save_case, to_original_grid
+from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.inference.bundle import Bundle
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import autocast_for, model_from, precision_for, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from hecktor import __version__, io
+from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config, HpvConfig, PrepareConfig, RfsConfig, SegConfig
+from hecktor.devices import autocast_for, precision_for, resolve_device
 
 NAMES = {"seg": "hecktor-seg", "hpv": "hecktor-hpv", "rfs": "hecktor-rfs"}
 MANIFEST = "bundle.json"
@@ -142,7 +144,6 @@ def build_seg(cfg: Config, out: Path) -> Path:
 
 
 def _fold_files(cfg: Config, task: str, prefix: str = "") -> list[tuple[str, Path]]:
-    from hecktor.training.engine import trained_checkpoint
     from hecktor.training.workflow import task_folds
 
     folds, _ = task_folds(cfg, task)
@@ -173,13 +174,6 @@ def build_hpv(cfg: Config, out: Path) -> Path:
 def build_rfs(cfg: Config, out: Path) -> Path:
     from hecktor.crossval.rfs import risk_scale
     from hecktor.inference.derived import derive_rfs_inputs
-    from hecktor.training.engine import (
-        autocast_for,
-        load_checkpoint,
-        model_from,
-        precision_for,
-        resolve_device,
-    )
     from hecktor.training.tasks import RFSTask
     from hecktor.training.workflow import task_folds
 

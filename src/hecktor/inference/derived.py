@@ -23,19 +23,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from hecktor import io
+from hecktor.checkpoints import FINAL, load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data.preprocess import load_case
 from hecktor.data.splits import load_splits
+from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.engine import (
-    FINAL,
-    autocast_for,
-    load_checkpoint,
-    model_from,
-    precision_for,
-    resolve_device,
-    trained_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

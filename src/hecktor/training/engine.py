@@ -40,14 +40,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from hecktor import io
+from hecktor.checkpoints import clear_fold, load_checkpoint, save_checkpoint
 from hecktor.config import TrainConfig
 from hecktor.data.loading import seed_everything
+from hecktor.devices import Autocast, autocast_for, precision_for, resolve_device
 from hecktor.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
 class Task(Protocol):
@@ -104,36 +103,6 @@ def distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX), where autocast pays off."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
-def precision_for(name: str, device: torch.device) -> str:
-    """Resolve ``auto``: bf16 on capable CPUs and GPUs, fp16 AMP on older GPUs, else fp32."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def autocast_for(precision: str, device: torch.device) -> Autocast:
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 # consecutive non-finite steps under reduced precision before a run continues in fp32; fp16 AMP's
@@ -254,83 +223,6 @@ def choose_precision(
         return Precision("fp32", f"auto: {candidate} failed its start-up check ({problem})")
     shown = ", ".join(f"{k} {v}" for k, v in measured.items())
     return Precision(candidate, f"auto: {candidate} agrees with fp32 on this machine ({shown})")
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save`` of tensors and plain values only.
-
-    Saved through a file handle: given a path, torch names the archive's inner folder after the
-    (random) temporary file, and equal weights would not give equal bytes for DVC to recognise.
-    """
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
-
-
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-FINAL = "final.json"  # written when a fold finishes: which file holds its final weights
-_FOLD_FILES = ("last.pt", "best.pt", "swa_last.pt", "swa.pt", FINAL)
-
-
-def write_final(folder: Path | str, key: str, swa_ran: bool) -> Path:
-    """Record a finished fold's final weights: after SWA when it ran, else the best epoch's.
-
-    The one rule for a fold's final weights; everything else reads it with
-    :func:`trained_checkpoint`.
-    """
-    folder = Path(folder)
-    weights = "swa.pt" if swa_ran else "best.pt"
-    if load_checkpoint(folder / weights).get("key") != key:
-        raise RuntimeError(f"{folder / weights}: written under another configuration")
-    io.write_json(folder / FINAL, {"weights": weights, "key": key})
-    return folder / weights
-
-
-def trained_checkpoint(folder: Path | str) -> Path:
-    """A finished fold's final weights, as :func:`write_final` recorded them."""
-    folder = Path(folder)
-    try:
-        final = json.loads((folder / FINAL).read_text())
-    except (OSError, ValueError):
-        final = None
-    if not final or not (folder / final["weights"]).is_file():
-        # a ValueError: the command line reports it as one line, like any other unusable input
-        raise ValueError(f"{folder}: no finished training; run `hecktor train` first")
-    return folder / final["weights"]
-
-
-def clear_fold(folder: Path | str) -> None:
-    """Remove a fold's checkpoints and final record: a training under a new key starts clean, so
-    no weights of another configuration can be taken for its own."""
-    for name in _FOLD_FILES:
-        (Path(folder) / name).unlink(missing_ok=True)
-
-
-def model_from(task: Task, state: dict[str, Any], device: torch.device) -> nn.Module:
-    """The checkpoint's network in eval mode, after restoring the task's fitted state.
-
-    The task state (e.g. a clinical encoder fitted on the fold's training patients) comes first:
-    it decides the network's input width.
-    """
-    if state.get("task") and hasattr(task, "load_state"):
-        task.load_state(state["task"])
-    model = task.build_model().to(device)
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def load_trained(
-    task: Task, folder: Path | str, device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A fold's trained model in eval mode, with its checkpoint."""
-    state = load_checkpoint(trained_checkpoint(folder), device)
-    return model_from(task, state, device), state
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import io, metrics
+from hecktor.checkpoints import load_checkpoint, trained_checkpoint
 from hecktor.config import Config, HpvConfig, RfsConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, RFS_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
@@ -34,7 +35,6 @@ from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import build_dynunet, divisor, plan
 from hecktor.models.survival import SurvivalNet
-from hecktor.training.engine import load_checkpoint, trained_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from hecktor import io, tracking
+from hecktor.checkpoints import write_final
 from hecktor.config import Config, read_tuned
 from hecktor.data.splits import load_splits
-from hecktor.training.engine import distributed, fit, swa, write_final
+from hecktor.training.engine import distributed, fit, swa
 from hecktor.training.tasks import build_task, fold_score
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def data_fingerprint(prepared: Path | str) -> str:
 # The training and tuning stages of dvc.yaml depend on the same files (a test holds them together).
 TRAINING_CODE = (
     "training",
+    "devices.py",
+    "checkpoints.py",
     "models",
     "losses.py",
     "metrics.py",

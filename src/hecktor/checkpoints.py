@@ -1,0 +1,96 @@
+"""Checkpoints: safe saving and loading, a fold's final weights, and a model rebuilt from them.
+
+Shared by training and inference. Checkpoints hold only tensors and plain values and load with
+``torch.load(weights_only=True)``: nothing untrusted is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from hecktor import io
+
+
+class Buildable(Protocol):
+    """What rebuilding a model needs of a task: its network, once its fitted state is restored."""
+
+    def build_model(self) -> nn.Module: ...
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic ``torch.save`` of tensors and plain values only.
+
+    Saved through a file handle: given a path, torch names the archive's inner folder after the
+    (random) temporary file, and equal weights would not give equal bytes for DVC to recognise.
+    """
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+FINAL = "final.json"  # written when a fold finishes: which file holds its final weights
+_FOLD_FILES = ("last.pt", "best.pt", "swa_last.pt", "swa.pt", FINAL)
+
+
+def write_final(folder: Path | str, key: str, swa_ran: bool) -> Path:
+    """Record a finished fold's final weights: after SWA when it ran, else the best epoch's.
+
+    The one rule for a fold's final weights; everything else reads it with
+    :func:`trained_checkpoint`.
+    """
+    folder = Path(folder)
+    weights = "swa.pt" if swa_ran else "best.pt"
+    if load_checkpoint(folder / weights).get("key") != key:
+        raise RuntimeError(f"{folder / weights}: written under another configuration")
+    io.write_json(folder / FINAL, {"weights": weights, "key": key})
+    return folder / weights
+
+
+def trained_checkpoint(folder: Path | str) -> Path:
+    """A finished fold's final weights, as :func:`write_final` recorded them."""
+    folder = Path(folder)
+    try:
+        final = json.loads((folder / FINAL).read_text())
+    except (OSError, ValueError):
+        final = None
+    if not final or not (folder / final["weights"]).is_file():
+        # a ValueError: the command line reports it as one line, like any other unusable input
+        raise ValueError(f"{folder}: no finished training; run `hecktor train` first")
+    return folder / final["weights"]
+
+
+def clear_fold(folder: Path | str) -> None:
+    """Remove a fold's checkpoints and final record: a training under a new key starts clean, so
+    no weights of another configuration can be taken for its own."""
+    for name in _FOLD_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
+def model_from(task: Buildable, state: dict[str, Any], device: torch.device) -> nn.Module:
+    """The checkpoint's network in eval mode, after restoring the task's fitted state.
+
+    The task state (e.g. a clinical encoder fitted on the fold's training patients) comes first:
+    it decides the network's input width.
+    """
+    if state.get("task") and hasattr(task, "load_state"):
+        task.load_state(state["task"])
+    model = task.build_model().to(device)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def load_trained(
+    task: Buildable, folder: Path | str, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fold's trained model in eval mode, with its checkpoint."""
+    state = load_checkpoint(trained_checkpoint(folder), device)
+    return model_from(task, state, device), state
