@@ -1,8 +1,9 @@
 """How much the demo's headline figures move under numeric noise: precision and seed.
 
-Trains and scores every task of a profile (default: demo) the way `dvc repro` does (params, then
-the tuned values in `tuned/`), once per precision and seed, each run in its own folder, and prints
-one row per run and the spread (max - min) of each headline figure:
+Trains and scores every task of a profile (default: demo) the way `dvc repro` does, with the
+params as written (``--tuned``: with the values in ``tuned/`` over them), once per precision and
+seed, each run in its own folder, and prints one row per run and the spread (max - min) of each
+headline figure:
 
     Task 1 hold-out GTVp DSC, GTVn DSCagg, GTVn F1agg (the registered variant) and whether the
     network beats the PET-threshold baseline on all three; Task 3 cross-validated balanced
@@ -94,9 +95,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[2025, 2026])
     parser.add_argument("--out", default="numerics-runs", help="scratch folder for the runs")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--tuned", action="store_true",
+                        help="apply the tuned values in tuned/ (default: the params as written)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = apply_tuned(load_config(args.params, args.profile))
+    cfg = load_config(args.params, args.profile)
+    cfg = apply_tuned(cfg) if args.tuned else cfg
     rows = []
     for precision in args.precisions:
         for seed in args.seeds:

@@ -104,6 +104,8 @@ class TrainConfig(_Section):
     epochs: int = Field(500, ge=1)
     batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0)
+    # constant (the paper's Adam), or cosine: per step from lr down to 1 % of it by the last epoch
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     val_every: int = Field(1, ge=1)

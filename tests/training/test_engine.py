@@ -1,5 +1,6 @@
 """The engine: checkpoints, resume after a real kill, selection, SWA, DDP, precision."""
 
+import itertools
 import math
 import os
 import signal
@@ -302,3 +303,18 @@ def test_two_process_ddp_trains_the_same_model_on_both_ranks(project_cfg, tmp_pa
     assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
     start = torch.load(out / "rank0.pt", weights_only=True)
     assert any(v.float().abs().sum() > 0 for v in start.values())
+
+
+def test_the_cosine_schedule_is_a_function_of_the_position_only(project_cfg):
+    cfg = project_cfg.seg.train.model_copy(
+        update={"lr": 1e-3, "epochs": 4, "lr_schedule": "cosine"}
+    )
+    task, _, _ = _task_and_fold(project_cfg)
+    loop = engine._Loop(task, cfg, torch.device("cpu"), engine.Precision("fp32", "test"), 0, 1)
+    rates = [loop._learning_rate(e, s, 10) for e in range(1, 5) for s in range(1, 11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5, rel=0.2)
+    assert all(a >= b for a, b in itertools.pairwise(rates))  # never rises
+    assert loop._learning_rate(3, 4, 10) == rates[2 * 10 + 3]  # same position, same rate
+    constant = cfg.model_copy(update={"lr_schedule": "constant"})
+    loop = engine._Loop(task, constant, torch.device("cpu"), engine.Precision("fp32", "t"), 0, 1)
+    assert {loop._learning_rate(e, 1, 10) for e in (1, 4)} == {1e-3}

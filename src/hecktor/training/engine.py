@@ -336,6 +336,13 @@ class _Loop:
                         streak, used, epoch, step)  # fmt: skip
             self.tracker.set_tags(self.precision.tags())
 
+    def _learning_rate(self, epoch: int, step: int, steps: int) -> float:
+        """The scheduled learning rate: a pure function of the position, so resume is exact."""
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        done = ((epoch - 1) + (step - 1) / max(steps, 1)) / self.cfg.epochs
+        return self.cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+
     def train_epoch(
         self,
         model: nn.Module,
@@ -343,15 +350,21 @@ class _Loop:
         dataset: Dataset,
         epoch: int,
         label: str = "epoch",
+        schedule: bool = True,
     ) -> tuple[float, int]:
         """One pass over the data; returns the mean loss of the good steps (averaged over ranks)
-        and the number of skipped, non-finite steps."""
+        and the number of skipped, non-finite steps. ``schedule``: set the learning rate of
+        ``train.lr_schedule`` (SWA keeps its own)."""
         model.train()
         total = torch.zeros(2, dtype=torch.float64)
         skipped = 0
-        bar = tqdm(self.loader(dataset, epoch), desc=f"{self.task.name} {label}", leave=False,
+        loader = self.loader(dataset, epoch)
+        bar = tqdm(loader, desc=f"{self.task.name} {label}", leave=False,
                    disable=self.rank != 0, unit="batch")  # fmt: skip
         for step, batch in enumerate(bar, 1):
+            if schedule:
+                for group in optimizer.param_groups:
+                    group["lr"] = self._learning_rate(epoch, step, len(loader))
             loss, bad = self._step(model, optimizer, batch)
             if bad is not None:
                 skipped += 1
@@ -543,7 +556,9 @@ def swa(
     offset = 10_000  # SWA epochs draw other random streams than training epochs
     for epoch in range(start, cfg.swa_epochs + 1):
         label = f"swa epoch {epoch}"
-        loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, offset + epoch, label)
+        loss, skipped = loop.train_epoch(
+            wrapped, optimizer, dataset, offset + epoch, label, schedule=False
+        )
         averaged.update_parameters(model)
         scheduler.step()
         if loop.rank == 0:
