@@ -320,14 +320,13 @@ def resolve(raw: dict[str, Any], profile: str | None = None) -> Config:
             )
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"profiles.{other}: expected a mapping of overrides")
-    _validate({**raw, "profile": name}, "shared sections, before any profile")
-    chosen = None
+    chosen = _validate({**raw, "profile": name}, "shared sections, before any profile")
     for other in sorted(profiles, key=lambda p: p != name):  # the chosen profile first
         config = _validate(
             {**_merge(raw, profiles[other] or {}), "profile": other}, f"profile {other}"
         )
         chosen = config if other == name else chosen
-    return chosen or _validate({**raw, "profile": name}, f"profile {name}")
+    return chosen  # without profiles: the shared sections as they are
 
 
 def load_config(path: Path | str = "params.yaml", profile: str | None = None) -> Config:

@@ -47,7 +47,7 @@ EHR_KEYS = (*CLINICAL, "Treatment", "M-stage")
 _ID = re.compile(r"^(?P<centre>[A-Za-z]+)[-_]?\w*$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _GEOMETRY_TOL_MM = 1e-3
-MIN_OVERLAP = 0.8  # share of the smaller of the CT and PET fields of view that both must cover
+MIN_OVERLAP = 0.8  # along every axis, the shared share of the shorter CT or PET field of view
 
 
 @dataclass(frozen=True)
@@ -480,12 +480,19 @@ def parse_table(
     return out
 
 
-def read_table(path: Path, task: int, problems: list[Problem]) -> pd.DataFrame:
-    """Read one task's CSV as strings and parse it; problems are appended, not raised."""
+def read_csv(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
+    """A CSV as unparsed strings (empty cells stay empty), or None with the reason appended."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         problems.append(Problem("(all patients)", path, f"cannot read CSV ({err})"))
+        return None
+
+
+def read_table(path: Path, task: int, problems: list[Problem]) -> pd.DataFrame:
+    """Read one task's CSV as strings and parse it; problems are appended, not raised."""
+    frame = read_csv(path, problems)
+    if frame is None:
         return pd.DataFrame(columns=list(TASK_COLUMNS[task]))
     return parse_table(frame, task, path, problems)
 

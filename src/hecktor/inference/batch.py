@@ -207,10 +207,10 @@ def read_clinical_csv(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     turn a variable into "unknown" for every patient, so it is an :class:`InputError` that lists
     the expected names. A column left out is unknown for every patient, and the log says so.
     """
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError([Problem("(all patients)", path, f"cannot read CSV ({err})")]) from None
+    unreadable: list[Problem] = []
+    frame = layout.read_csv(path, unreadable)
+    if frame is None:
+        raise InputError(unreadable)
     known = ("PatientID", *CLINICAL_COLUMNS, *OUTCOME_COLUMNS)
     unknown = [c for c in frame.columns if c not in known]
     if unknown or "PatientID" not in frame.columns:
@@ -269,8 +269,7 @@ def find_patients(
             frame = merged.set_index("PatientID") if len(merged) else frame
     else:
         found = _folder_patients(root)
-        problems += [Problem(p, root / p, layout.id_problem(p) or "") for p in found
-                     if layout.id_problem(p)]  # fmt: skip
+        problems += [Problem(p, root / p, why) for p in found if (why := layout.id_problem(p))]
         if clinical is None and not no_clinical:
             raise InputError([Problem("(all patients)", root, "no clinical data: give --clinical "
                                       "CSV, or --no-clinical to predict with every clinical value "
@@ -476,7 +475,7 @@ def predict_container(
                     unknown, list(CLINICAL_COLUMNS))  # fmt: skip
     ehr = {k: v for k, v in data.ehr.items() if k in CLINICAL_COLUMNS}
     frame = pd.DataFrame([{"PatientID": data.patient} | {k: str(v) for k, v in ehr.items()}])
-    table = layout.parse_table(frame, 1, Path(input_root) / "ehr.json", problems)
+    table = layout.parse_table(frame, 1, ehr_path, problems)
     if problems:
         raise InputError(problems)
     clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
