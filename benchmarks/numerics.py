@@ -32,6 +32,7 @@ from hecktor.config import Config, apply_tuned, load_config, override
 from hecktor.crossval.hpv import crossval_hpv
 from hecktor.crossval.rfs import crossval_rfs
 from hecktor.crossval.seg import crossval_seg
+from hecktor.derive import derive_rfs_inputs
 from hecktor.reports import markdown_table
 from hecktor.training.workflow import train
 
@@ -66,25 +67,28 @@ def precisions_used(models: Path) -> str:
     return ", ".join(out)
 
 
-def one_run(cfg: Config) -> dict:
+def one_run(cfg: Config, tasks: tuple[str, ...] = ("seg", "hpv", "rfs")) -> dict:
+    """Headline figures of ``tasks`` (in pipeline order: Task 3 and Task 2 need Task 1's models)."""
     start = time.perf_counter()
+    row: dict = {}
     train(cfg, "seg", track=False)
     seg = crossval_seg(cfg, track=False)
-    train(cfg, "hpv", track=False)
-    hpv = crossval_hpv(cfg, track=False)
-    train(cfg, "rfs", track=False)
-    rfs = crossval_rfs(cfg, track=False)
     network, baseline = seg["variants"][seg["network"]], seg["variants"]["baseline"]
-    mode = "pred" if "pred" in rfs["network"] else next(iter(rfs["network"]))
-    return {
-        **{k: network[k] for k in FIGURES[:3]},
-        "beats_baseline": all(network[k] > baseline[k] for k in FIGURES[:3]),
-        "hpv_cv_BA": hpv["network"]["cv"]["balanced_accuracy"],
-        "rfs_cv_C": rfs["network"][mode]["cv"]["c_index"],
-        "baseline": {k: baseline[k] for k in FIGURES[:3]},
-        "used": precisions_used(Path(cfg.paths.models)),
-        "minutes": round((time.perf_counter() - start) / 60, 1),
-    }
+    row |= {k: network[k] for k in FIGURES[:3]}
+    row["beats_baseline"] = all(network[k] > baseline[k] for k in FIGURES[:3])
+    row["baseline"] = {k: baseline[k] for k in FIGURES[:3]}
+    if "hpv" in tasks or "rfs" in tasks:
+        train(cfg, "hpv", track=False)
+        row["hpv_cv_BA"] = crossval_hpv(cfg, track=False)["network"]["cv"]["balanced_accuracy"]
+    if "rfs" in tasks:
+        derive_rfs_inputs(cfg)
+        train(cfg, "rfs", track=False)
+        rfs = crossval_rfs(cfg, track=False)
+        mode = "pred" if "pred" in rfs["network"] else next(iter(rfs["network"]))
+        row["rfs_cv_C"] = rfs["network"][mode]["cv"]["c_index"]
+    row["used"] = precisions_used(Path(cfg.paths.models))
+    row["minutes"] = round((time.perf_counter() - start) / 60, 1)
+    return row
 
 
 def main() -> None:
@@ -95,6 +99,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[2025, 2026])
     parser.add_argument("--out", default="numerics-runs", help="scratch folder for the runs")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--tasks", nargs="+", default=["seg", "hpv", "rfs"],
+                        choices=["seg", "hpv", "rfs"],
+                        help="stop after these tasks (Task 3 and 2 need Task 1's models)")  # fmt: skip
     parser.add_argument("--tuned", action="store_true",
                         help="apply the tuned values in tuned/ (default: the params as written)")  # fmt: skip
     args = parser.parse_args()
@@ -105,16 +112,17 @@ def main() -> None:
     for precision in args.precisions:
         for seed in args.seeds:
             root = Path(args.out) / f"{precision}-{seed}"
-            result = one_run(run_config(cfg, precision, seed, root))
+            result = one_run(run_config(cfg, precision, seed, root), tuple(args.tasks))
             rows.append({"precision": precision, "seed": seed, **result})
             print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
-    columns = ["precision", "seed", *FIGURES, "beats_baseline", "minutes", "used"]
+    figures = [k for k in FIGURES if k in table]
+    columns = ["precision", "seed", *figures, "beats_baseline", "minutes", "used"]
     print("\n" + markdown_table(rows, columns))
-    spread = {k: float(table[k].max() - table[k].min()) for k in FIGURES}
+    spread = {k: float(table[k].max() - table[k].min()) for k in figures}
     print("\nspread (max - min): " + ", ".join(f"{k} {v:.3f}" for k, v in spread.items()))
     print(
-        "range: " + ", ".join(f"{k} {table[k].min():.3f} to {table[k].max():.3f}" for k in FIGURES)
+        "range: " + ", ".join(f"{k} {table[k].min():.3f} to {table[k].max():.3f}" for k in figures)
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "spread": spread}, indent=1))

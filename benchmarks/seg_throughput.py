@@ -25,9 +25,9 @@ from hecktor.checkpoints import load_checkpoint
 from hecktor.config import load_config
 from hecktor.data.preprocess import load_case
 from hecktor.devices import autocast_for, cpu_supports_bf16
-from hecktor.inference.predictor import segment
 from hecktor.metrics import dice
 from hecktor.models.segmentation import build_dynunet
+from hecktor.prediction import segment
 
 
 def train_rate(model, patch, batch, steps, autocast) -> float:

@@ -56,5 +56,12 @@ def test_data_version_from_dvc_lock(tmp_path):
 
 def test_run_tags():
     tags = tracking.run_tags(Config(), split="kfold")
-    assert set(tags) == {"git_commit", "data_version", "profile", "config_hash", "split"}
-    assert tags["profile"] == "demo" and len(tags["config_hash"]) == 12
+    assert set(tags) == {
+        "git_commit",
+        "data_digest",
+        "dvc_data_md5",
+        "profile",
+        "config_digest",
+        "split",
+    }
+    assert tags["profile"] == "demo" and len(tags["config_digest"]) == 12

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,3 +95,20 @@ def load_trained(
     """A fold's trained model in eval mode, with its checkpoint."""
     state = load_checkpoint(trained_checkpoint(folder), device)
     return model_from(task, state, device), state
+
+
+def fold_score(fold: dict) -> float:
+    """A trained fold's validation score (its ``summary.json`` entry): after SWA when there was
+    SWA, else the best epoch's, as :func:`write_final` chooses the weights."""
+    return io.figure((fold["swa"] or fold["best"] or {}).get("score"))
+
+
+def best_fold(task_root: Path | str) -> Path | None:
+    """The final weights of a task's best-scoring fold (e.g. the Task 1 weights Task 3 starts
+    from); None before the task has trained."""
+    summary_path = Path(task_root) / "summary.json"
+    if not summary_path.is_file():
+        return None
+    folds = json.loads(summary_path.read_text())["folds"]
+    name = max(folds, key=lambda f: np.nan_to_num(fold_score(folds[f]), nan=-1.0))
+    return trained_checkpoint(Path(task_root) / name)

@@ -91,9 +91,18 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> None:
     log.info("%s: %s -> %s", args.task, {k: round(v, 4) for k, v in headline.items()}, args.out)
 
 
+def _upstream_inputs(task: str, cfg: Config) -> None:
+    """Task 2 trains on what Tasks 1 and 3 predict: make (or reuse) those inputs first."""
+    if task == "rfs":
+        from hecktor.derive import derive_rfs_inputs
+
+        derive_rfs_inputs(cfg)
+
+
 def _train(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.training.workflow import train
 
+    _upstream_inputs(args.task, cfg)
     summary = train(cfg, args.task, track=not args.no_track)
     if os.environ.get("RANK", "0") != "0":
         return
@@ -121,18 +130,20 @@ def _tune(args: argparse.Namespace, cfg: Config) -> None:
 
     if args.storage:
         cfg = cfg.model_copy(update={"tune": override(cfg.tune, storage=args.storage)})
+    _upstream_inputs(args.task, cfg)
     tune(cfg, args.task, track=not args.no_track, trials=args.trials)
 
 
 def _derive(args: argparse.Namespace, cfg: Config) -> None:
-    from hecktor.inference.derived import derive_rfs_inputs
+    from hecktor.derive import derive_rfs_inputs
 
     log.info("Task 2 inputs written to %s", derive_rfs_inputs(cfg))
 
 
 def _register(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor import tracking
-    from hecktor.inference.bundle import build_bundles, load_bundle
+    from hecktor.inference.bundle import load_bundle
+    from hecktor.register import build_bundles
 
     built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles")
     if args.no_track:

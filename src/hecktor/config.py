@@ -7,8 +7,6 @@ defaults and validates the result; an unknown or mistyped key fails with its dot
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -21,6 +19,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from hecktor.fingerprints import json_digest
 
 Profile = Literal["tiny", "demo", "paper"]
 TUNABLE = ("seg", "hpv", "rfs")
@@ -262,9 +262,9 @@ class Config(_Section):
         A file that DVC tracks must hash only the sections its stage depends on: the whole
         config includes other tasks' tuned values, which are not that stage's inputs.
         """
-        data = self.model_dump(mode="json", include=set(sections) if sections else None)
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return json_digest(
+            self.model_dump(mode="json", include=set(sections) if sections else None), 12
+        )
 
 
 S = TypeVar("S", bound=_Section)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+
+from hecktor import io
+from hecktor.config import Config, read_tuned
 
 _LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.85), (1.0, 0.85, 0.0, 0.85)])
 
@@ -150,12 +154,8 @@ def pipeline_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_pipeline_report(cfg) -> Path:
+def write_pipeline_report(cfg: Config) -> Path:
     """Gather ``metrics/``, ``tuned/``, the task reports and figures into ``reports/index.md``."""
-    import json
-
-    from hecktor import io
-    from hecktor.config import read_tuned
 
     def load(path: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None

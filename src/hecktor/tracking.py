@@ -19,6 +19,7 @@ import yaml
 
 from hecktor import io
 from hecktor.config import Config
+from hecktor.fingerprints import prepared_digest
 
 ENV = "MLFLOW_TRACKING_URI"
 
@@ -84,12 +85,14 @@ def data_version(path: Path | str, lock: Path | str = "dvc.lock") -> str:
 
 
 def run_tags(cfg: Config, split: str | None = None) -> dict[str, str]:
-    """Tags on every run: code, data version, profile, config hash and split."""
+    """Tags on every run: code, data (the package's digest, as bundles carry it, and DVC's md5 of
+    the prepared folder), profile, config digest and split."""
     tags = {
         "git_commit": git_commit(),
-        "data_version": data_version(cfg.paths.prepared),
+        "data_digest": prepared_digest(cfg.paths.prepared),
+        "dvc_data_md5": data_version(cfg.paths.prepared),
         "profile": cfg.profile,
-        "config_hash": cfg.digest(),
+        "config_digest": cfg.digest(),
     }
     if split:
         tags["split"] = split

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -55,14 +54,9 @@ from hecktor.config import (
     tuned_file,
     with_values,
 )
-from hecktor.data.splits import load_splits
-from hecktor.training.workflow import (
-    EVALUATION_ONLY,
-    code_fingerprint,
-    data_fingerprint,
-    task_folds,
-    train,
-)
+from hecktor.data.splits import load_splits, task_folds
+from hecktor.fingerprints import file_sha256, json_digest, prepared_digest, training_code
+from hecktor.training.workflow import EVALUATION_ONLY, train
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +71,14 @@ def study_name(cfg: Config, task: str) -> str:
         mode="json", exclude=EVALUATION_ONLY.get(task, set())
     )
     splits = Path(cfg.paths.splits)
-    blob = json.dumps(
-        {
-            "sections": sections,
-            "tune": spec.model_dump(mode="json", exclude={"trials"}),
-            "data": data_fingerprint(cfg.paths.prepared),
-            "splits": hashlib.sha256(splits.read_bytes()).hexdigest() if splits.is_file() else "",
-            "code": code_fingerprint(("tuning.py",)),
-        },
-        sort_keys=True,
-    )
-    return f"{task}-{cfg.profile}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    settings = {
+        "sections": sections,
+        "tune": spec.model_dump(mode="json", exclude={"trials"}),
+        "data": prepared_digest(cfg.paths.prepared),
+        "splits": file_sha256(splits) if splits.is_file() else "",
+        "code": training_code(("tuning.py",)),
+    }
+    return f"{task}-{cfg.profile}-{json_digest(settings, 10)}"
 
 
 def storage_of(cfg: Config) -> optuna.storages.BaseStorage | str:
@@ -237,7 +228,7 @@ def counted(trials: list[FrozenTrial]) -> int:
 
 
 def trial_key(values: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(values, 12)
 
 
 def _run_trial(

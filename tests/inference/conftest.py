@@ -16,6 +16,7 @@ def trained_cfg(tmp_path_factory, tiny_config, release_dir, prepared_dir, split_
     from hecktor.crossval.hpv import crossval_hpv
     from hecktor.crossval.rfs import crossval_rfs
     from hecktor.crossval.seg import crossval_seg
+    from hecktor.derive import derive_rfs_inputs
     from hecktor.training.workflow import train
     from tests.conftest import scratch_config
 
@@ -23,6 +24,8 @@ def trained_cfg(tmp_path_factory, tiny_config, release_dir, prepared_dir, split_
         tiny_config, release_dir, prepared_dir, split_cfg, tmp_path_factory.mktemp("trained")
     )
     for task, score in (("seg", crossval_seg), ("hpv", crossval_hpv), ("rfs", crossval_rfs)):
+        if task == "rfs":
+            derive_rfs_inputs(cfg)  # Task 2 trains on what Tasks 1 and 3 predict
         train(cfg, task, track=False)
         score(cfg, track=False)
     return cfg
@@ -30,7 +33,7 @@ def trained_cfg(tmp_path_factory, tiny_config, release_dir, prepared_dir, split_
 
 @pytest.fixture(scope="session")
 def bundle_dir(trained_cfg):
-    from hecktor.inference.bundle import build_bundles
+    from hecktor.register import build_bundles
 
     out = trained_cfg.paths.models / "bundles"
     build_bundles(trained_cfg, out)

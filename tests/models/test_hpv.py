@@ -31,7 +31,7 @@ def test_encoder_only_inference_gives_the_full_models_logits():
     x, c = torch.randn(3, 2, 24, 16, 16), torch.randn(3, 4)  # larger than the planned patch
     with torch.no_grad():
         full = net(x, c).hpv
-        encoder_only = net.classify(x, c)
+        encoder_only = net.logit(net.encode(x), c)
     torch.testing.assert_close(encoder_only, full)
 
 
@@ -40,7 +40,7 @@ def test_encoder_only_skips_the_decoder():
     calls = []
     net.unet.upsamples[0].register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
-        net.classify(torch.randn(1, 2, 16, 16, 16), torch.randn(1, 4))
+        net.logit(net.encode(torch.randn(1, 2, 16, 16, 16)), torch.randn(1, 4))
     assert calls == []
     with torch.no_grad():
         net(torch.randn(1, 2, 16, 16, 16), torch.randn(1, 4))

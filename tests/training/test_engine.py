@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from hecktor import checkpoints, devices
+from hecktor.data.splits import folds_of
+from hecktor.tasks import SegmentationTask
 from hecktor.training import engine
-from hecktor.training.tasks import SegmentationTask
-from hecktor.training.workflow import folds_of
 from tests.conftest import PoisonedSegmentation
 
 
@@ -35,7 +35,7 @@ def _same_weights(a: dict, b: dict) -> bool:
 def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 2})
-    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="h")
+    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="h")
     for name in ("last.pt", "best.pt"):
         state = torch.load(
             tmp_path / "run" / name, weights_only=True
@@ -48,7 +48,7 @@ def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path)
     assert result.best_epoch == 1 + scores.index(max(scores))
     assert checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch
 
-    swa_metrics = engine.swa(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="h")
+    swa_metrics = engine.swa(task, train_ids, val_ids, cfg, tmp_path / "run", key="h")
     assert set(swa_metrics) == {"GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"}
     assert (tmp_path / "run" / "swa.pt").is_file()
 
@@ -56,8 +56,8 @@ def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path)
 def test_a_checkpoint_of_another_config_is_not_resumed(project_cfg, tmp_path):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 1})
-    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="a")
-    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="b")
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="a")
+    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="b")
     assert [h["epoch"] for h in result.history] == [1]  # trained afresh, not "already done"
 
 
@@ -88,7 +88,7 @@ def test_non_finite_gradients_are_skipped_then_the_run_continues_in_fp32(project
     _, train_ids, val_ids = _task_and_fold(project_cfg)
     task = _poisoned(project_cfg)  # NaN gradients whenever autocast is on
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 3, "precision": "bf16"})
-    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="h")
+    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="h")
     skipped = [h["skipped_steps"] for h in result.history]
     assert sum(skipped) == engine.FALLBACK_AFTER["bf16"]  # then fp32, where nothing is poisoned
     assert skipped[-1] == 0 and len(result.history) == 3
@@ -114,15 +114,11 @@ def test_a_run_resumed_across_a_fallback_ends_with_the_same_weights(project_cfg,
     base = project_cfg.seg.train.model_copy(update={"precision": "bf16", "val_every": 100})
     total = fallback_epoch + 1
     straight = base.model_copy(update={"epochs": total})
-    engine.fit(
-        _poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "a", config_hash="k"
-    )
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "a", key="k")
     first = base.model_copy(update={"epochs": fallback_epoch})  # stops just after the fallback
-    engine.fit(_poisoned(project_cfg), train_ids, val_ids, first, tmp_path / "b", config_hash="k")
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, first, tmp_path / "b", key="k")
     assert checkpoints.load_checkpoint(tmp_path / "b" / "last.pt")["precision"]["used"] == "fp32"
-    engine.fit(
-        _poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "b", config_hash="k"
-    )
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, straight, tmp_path / "b", key="k")
     a = checkpoints.load_checkpoint(tmp_path / "a" / "last.pt")
     b = checkpoints.load_checkpoint(tmp_path / "b" / "last.pt")
     assert a["epoch"] == b["epoch"] == total
@@ -141,11 +137,11 @@ def test_a_non_finite_step_in_fp32_after_a_fallback_is_an_error(project_cfg, tmp
 def test_auto_takes_bf16_only_where_it_agrees_with_fp32_on_this_machine(project_cfg, tmp_path):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 1, "precision": "auto"})
-    engine.fit(_poisoned(project_cfg), train_ids, val_ids, cfg, tmp_path / "bad", config_hash="x")
+    engine.fit(_poisoned(project_cfg), train_ids, val_ids, cfg, tmp_path / "bad", key="x")
     chosen = checkpoints.load_checkpoint(tmp_path / "bad" / "last.pt")["precision"]
     assert chosen["used"] == "fp32" and chosen["fallback"] is None
     assert "bf16 failed its start-up check (non-finite gradient" in chosen["reason"]
-    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "good", config_hash="x")
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "good", key="x")
     chosen = checkpoints.load_checkpoint(tmp_path / "good" / "last.pt")["precision"]
     assert chosen["used"] == "bf16" and "agrees with fp32" in chosen["reason"]
 
@@ -190,18 +186,18 @@ def test_switching_swa_off_never_serves_the_old_swa_weights(project_cfg, tmp_pat
 def test_a_new_training_key_leaves_no_weights_of_the_old_one(project_cfg, tmp_path):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 1})
-    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", config_hash="old")
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="old")
     engine.swa(
         task,
         train_ids,
         val_ids,
         cfg.model_copy(update={"swa_epochs": 1}),
         tmp_path / "run",
-        config_hash="old",
+        key="old",
     )
     assert (tmp_path / "run" / "swa.pt").is_file()
     # a new key without validation patients: best.pt must be this run's last epoch, not the old best
-    engine.fit(task, train_ids, [], cfg, tmp_path / "run", config_hash="new")
+    engine.fit(task, train_ids, [], cfg, tmp_path / "run", key="new")
     best = checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["metrics"] == {} and best["key"] == "new"
     assert not (tmp_path / "run" / "swa.pt").exists()
@@ -220,15 +216,15 @@ _SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from hecktor.config import load_config, override
     from hecktor.training import engine
-    from hecktor.training.tasks import SegmentationTask
+    from hecktor.tasks import SegmentationTask
     from hecktor.data.splits import load_splits
-    from hecktor.training.workflow import folds_of
+    from hecktor.data.splits import folds_of
     params, prepared, splits, out, epochs = sys.argv[1:6]
     cfg = load_config(params, "tiny")
     task = SegmentationTask(cfg.seg, prepared)
     _, train_ids, val_ids = folds_of(load_splits(splits), "seg", "holdout")[0]
     train = override(cfg.seg.train, epochs=int(epochs))
-    engine.fit(task, train_ids, val_ids, train, out, config_hash="kill-test")
+    engine.fit(task, train_ids, val_ids, train, out, key="kill-test")
     """
 )
 
@@ -285,7 +281,7 @@ def _ddp_worker(rank, world, port, cfg, out):
     torch.set_num_threads(1)
     task, train_ids, val_ids = _task_and_fold(cfg)
     train = cfg.seg.train.model_copy(update={"epochs": 2})
-    result = engine.fit(task, train_ids, val_ids, train, out, config_hash="ddp")
+    result = engine.fit(task, train_ids, val_ids, train, out, key="ddp")
     torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from hecktor import tracking
 from hecktor.crossval.seg import crossval_seg
 from hecktor.data import layout
-from hecktor.training.workflow import folds_of, train
+from hecktor.data.splits import folds_of
+from hecktor.training.workflow import train
 
 
 @pytest.fixture
@@ -49,9 +50,14 @@ def test_train_writes_models_summary_curves_and_runs(trained):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and [c.info.run_name for c in children] == ["holdout"]
     for run in (parents[0], children[0]):
-        assert {"git_commit", "data_version", "profile", "config_hash", "split"} <= set(
-            run.data.tags
-        )
+        assert {
+            "git_commit",
+            "data_digest",
+            "dvc_data_md5",
+            "profile",
+            "config_digest",
+            "split",
+        } <= set(run.data.tags)
         assert run.info.status == "FINISHED"
     child = children[0]
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) == cfg.seg.train.epochs
@@ -125,7 +131,9 @@ def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
 
     # Task 2 stands on both: masks from Task 1, HPV from Task 3
     from hecktor.crossval.rfs import crossval_rfs
+    from hecktor.derive import derive_rfs_inputs
 
+    derive_rfs_inputs(cfg)
     rfs = train(cfg, "rfs")
     assert {name.split("-", 1)[0] for name in rfs["folds"]} == {"gt", "pred"}
     inputs = cfg.paths.models / "rfs_inputs"
@@ -151,53 +159,14 @@ def test_checkpoints_are_keyed_by_code_and_training_settings_only(tiny_config, m
     from hecktor.training import workflow
 
     fold = ("holdout", ["A-1"], ["A-2"])
-    key = workflow.fold_hash(tiny_config, "seg", fold, "data")
-    assert workflow.fold_hash(tiny_config, "seg", fold, "data") == key
+    key = workflow.resume_key(tiny_config, "seg", fold, "data")
+    assert workflow.resume_key(tiny_config, "seg", fold, "data") == key
     scoring_only = override(
         tiny_config, seg=override(tiny_config.seg, min_lesion_mm3=500.0, baseline_suv=3.0)
     )
-    assert workflow.fold_hash(scoring_only, "seg", fold, "data") == key
+    assert workflow.resume_key(scoring_only, "seg", fold, "data") == key
     training = override(tiny_config, seg=override(tiny_config.seg, base_filters=8))
-    assert workflow.fold_hash(training, "seg", fold, "data") != key
-    assert workflow.fold_hash(tiny_config, "seg", fold, "other data") != key
-    monkeypatch.setattr(workflow, "code_fingerprint", lambda: "edited code")
-    assert workflow.fold_hash(tiny_config, "seg", fold, "data") != key
-
-
-def test_code_fingerprint_follows_training_code_only(tmp_path):
-    from hecktor.training.workflow import source_digest
-
-    for name in ("training/engine.py", "models/net.py", "inference/batch.py"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x = 1\n")
-    parts = ("training", "models/net.py")
-    key = source_digest(tmp_path, parts)
-    (tmp_path / "inference" / "batch.py").write_text("x = 2\n")  # inference is not training code
-    assert source_digest(tmp_path, parts) == key
-    (tmp_path / "training" / "engine.py").write_text("x = 2\n")
-    edited = source_digest(tmp_path, parts)
-    assert edited != key
-    (tmp_path / "training" / "engine.py").rename(tmp_path / "training" / "loop.py")
-    assert source_digest(tmp_path, parts) != edited  # a renamed module counts too
-    assert source_digest(tmp_path, (*parts, "inference/batch.py")) != source_digest(tmp_path, parts)
-
-
-def test_training_stages_rerun_on_every_module_that_keys_their_checkpoints():
-    """DVC must rerun training whenever the code fingerprint changes, or it would keep stale models."""
-    import yaml
-
-    from hecktor.training.workflow import TRAINING_CODE
-    from tests.conftest import ROOT
-
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    extra = {"tune": ("tuning.py",), "derive": ("inference/derived.py", "crossval/hpv.py")}
-    checked = 0
-    for name, stage in stages.items():
-        kind = name.split("_")[0]
-        if kind not in ("tune", "train", "derive"):
-            continue
-        deps = [d.removeprefix("src/hecktor/") for d in stage["deps"] if d.startswith("src/")]
-        for module in TRAINING_CODE + extra.get(kind, ()):
-            assert any(module == d or module.startswith(f"{d}/") for d in deps), (name, module)
-        checked += 1
-    assert checked == 7
+    assert workflow.resume_key(training, "seg", fold, "data") != key
+    assert workflow.resume_key(tiny_config, "seg", fold, "other data") != key
+    monkeypatch.setattr(workflow, "training_code", lambda: "edited code")
+    assert workflow.resume_key(tiny_config, "seg", fold, "data") != key

@@ -9,7 +9,7 @@
 * Oracle (synthetic cohorts): the true HPV probability, thresholded at the training prevalence, the
   decision that maximises balanced accuracy: the best any model could do on these patients.
 
-Every decision is ``logit > 0`` (see :class:`hecktor.training.tasks.HPVTask`); the logistic
+Every decision is ``logit > 0`` (see :class:`hecktor.tasks.HPVTask`); the logistic
 regression is fitted with balanced class weights, so its 0 is the same balanced cut.
 """
 
@@ -17,35 +17,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
-from torch import nn
 
 from hecktor import io, metrics, reports, tracking
-from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
-from hecktor.data.splits import load_splits
-from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.training.tasks import HPVTask
-from hecktor.training.workflow import folds_of, task_folds
+from hecktor.data.splits import folds_of, load_splits, task_folds
+from hecktor.derive import load_models, logits_of
+from hecktor.tasks import HPVTask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FoldModel:
-    name: str
-    kind: str  # "kfold" or "loco"
-    train: list[str]
-    val: list[str]
-    model: nn.Module
-    encoder: dict
 
 
 def _scores(truth: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -56,42 +42,6 @@ def _scores(truth: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         "n": len(truth),
         "n_negative": int((truth == 0).sum()),
     }
-
-
-def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
-    """Every trained fold model (SWA if present, else best) with its clinical encoder."""
-    device = resolve_device(cfg.hpv.train.device)
-    folds, _ = task_folds(cfg, "hpv")
-    task.init = None  # fold weights replace the Task 1 start anyway
-    out = []
-    for name, kind, train_ids, val_ids in folds:
-        model, state = load_trained(task, Path(cfg.paths.models) / "hpv" / name, device)
-        out.append(FoldModel(name, kind, train_ids, val_ids, model, state["task"]["encoder"]))
-    return out
-
-
-def logits_of(
-    cfg: Config, task: HPVTask, models: Sequence[FoldModel], unknown: Sequence[str] = ()
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Out-of-fold logits (one row per validation patient) and test logits (every fold x patient)."""
-    device = resolve_device(cfg.hpv.train.device)
-    autocast = autocast_for(precision_for(cfg.hpv.train.precision, device), device)
-    _, test = task_folds(cfg, "hpv")
-    oof, tested = [], []
-    for fold in models:
-        task.load_state({"encoder": fold.encoder})
-        values = task.logits(fold.model, fold.val, device, autocast, unknown)
-        oof += [
-            {"PatientID": p, "fold": fold.name, "kind": fold.kind, "logit": v}
-            for p, v in zip(fold.val, values, strict=True)
-        ]
-        if test and fold.kind == "kfold":
-            values = task.logits(fold.model, test, device, autocast, unknown)
-            tested += [
-                {"PatientID": p, "fold": fold.name, "logit": v}
-                for p, v in zip(test, values, strict=True)
-            ]
-    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
 
 
 def _fit_baseline(task: HPVTask, train_ids: list[str]):

@@ -30,11 +30,10 @@ from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
 from hecktor.data.preprocess import load_case
-from hecktor.data.splits import load_splits
+from hecktor.data.splits import folds_of, load_splits, task_folds
+from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.inference.derived import derive_rfs_inputs
-from hecktor.training.tasks import RFSTask
-from hecktor.training.workflow import folds_of, task_folds
+from hecktor.tasks import RFSTask
 
 log = logging.getLogger(__name__)
 IMAGE_FEATURES = ("primary_cc", "suv_max", "mtv_cc", "tlg", "nodes")
@@ -75,13 +74,6 @@ def image_features(task: RFSTask, patient: str) -> dict[str, float]:
     }
 
 
-def risk_scale(task: RFSTask, model, train_ids, device, autocast) -> tuple[float, float]:
-    """Mean and spread of a fold model's risks on its training patients: its risk scale."""
-    reference = task.risks(model, train_ids, device, autocast)
-    std = float(reference.std())
-    return float(reference.mean()), std if std > 0 else 1.0
-
-
 def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Standardised out-of-fold and test risks of one training mode's fold models."""
     device = resolve_device(cfg.rfs.train.device)
@@ -90,7 +82,7 @@ def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, 
     oof, tested = [], []
     for name, kind, train_ids, val_ids in folds:
         model, _ = load_trained(task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", device)
-        mean, std = risk_scale(task, model, train_ids, device, autocast)
+        mean, std = task.risk_scale(model, train_ids, device, autocast)
 
         def standard(values: np.ndarray, mean: float = mean, std: float = std) -> np.ndarray:
             return (values - mean) / std

@@ -17,15 +17,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hecktor import baselines, evaluation, io, metrics, reports, tracking
-from hecktor.checkpoints import load_checkpoint, model_from
+from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data import layout
 from hecktor.data.preprocess import Geometry, load_case, to_original_grid
-from hecktor.data.splits import load_splits
+from hecktor.data.splits import folds_of, load_splits
 from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.inference.predictor import remove_small_lesions
-from hecktor.training.tasks import SegmentationTask
-from hecktor.training.workflow import folds_of
+from hecktor.prediction import remove_small_lesions
+from hecktor.tasks import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,9 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
                 pred_root / variant, pred_root / "truth"
             )
             io.write_json(pred_root / variant / "metrics.json", scores[variant])
-    network = "swa_pp" if "swa_pp" in scores else "best_pp"
+    # the registered variant: the folds' final weights (as training recorded them), post-processed
+    finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
+    network = "swa_pp" if finals == {"swa"} else "best_pp"
     result = {
         "network": network,
         "n_patients": scores[network]["n_patients"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,6 @@ TASK_COLUMNS: dict[int, tuple[str, ...]] = {
     2: ("PatientID", *CLINICAL, "M-stage", "Treatment", "RFS", "Relapse"),
     3: ("PatientID", "HPV Status", *CLINICAL, "M-stage"),
 }
-EHR_KEYS = (*CLINICAL, "Treatment", "M-stage")
 
 _ID = re.compile(r"^(?P<centre>[A-Za-z]+)[-_]?\w*$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -628,7 +627,3 @@ def write_container_input(
     io.write_image(root / "images" / "ct" / f"{patient}.mha", ct)
     io.write_image(root / "images" / "pet" / f"{patient}.mha", pet)
     io.write_json(root / "ehr.json", ehr)
-
-
-def format_problems(problems: Iterable[Problem]) -> str:
-    return "\n".join(str(p) for p in problems)

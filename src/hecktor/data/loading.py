@@ -56,13 +56,11 @@ class PreparedDataset(Dataset):
         root: Path | str,
         patients: Sequence[str],
         transform: Callable[[dict], dict] | None = None,
-        with_label: bool = True,
         allow_unlabelled: bool = False,
     ) -> None:
         self.root = Path(root)
         self.patients = list(patients)
         self.transform = transform
-        self.with_label = with_label
         self.allow_unlabelled = allow_unlabelled
 
     def __len__(self) -> int:
@@ -72,14 +70,11 @@ class PreparedDataset(Dataset):
         patient = self.patients[index]
         case = load_case(self.root, patient)
         item: dict = {"image": np.array(case.image, dtype=np.float32), "patient": patient}
-        if self.with_label:
-            if case.label is None and not self.allow_unlabelled:
-                raise ValueError(f"{patient}: no label in {self.root / patient}")
-            label = (
-                case.label if case.label is not None else np.zeros(case.image.shape[1:], np.uint8)
-            )
-            item["label"] = np.array(label, dtype=np.uint8)[None]
-            item["has_label"] = case.label is not None
+        if case.label is None and not self.allow_unlabelled:
+            raise ValueError(f"{patient}: no label in {self.root / patient}")
+        label = case.label if case.label is not None else np.zeros(case.image.shape[1:], np.uint8)
+        item["label"] = np.array(label, dtype=np.uint8)[None]
+        item["has_label"] = case.label is not None
         if self.transform is not None:
             item = self.transform(item)
         item["image"] = torch.as_tensor(item["image"], dtype=torch.float32)

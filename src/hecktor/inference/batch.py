@@ -10,13 +10,12 @@ writes the challenge container's files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,10 @@ from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import Geometry, preprocess, save_case, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.inference.bundle import Bundle
-from hecktor.inference.predictor import remove_small_lesions
+from hecktor.fingerprints import file_sha256, json_digest
+from hecktor.inference.bundle import Bundle, Bundles
+from hecktor.prediction import remove_small_lesions
+from hecktor.tasks import HPVTask, RFSTask, SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -43,49 +44,10 @@ CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
 OUTCOME_COLUMNS = ("RFS", "Relapse", "HPV Status")
 
 
-@dataclass(frozen=True)
-class Bundles:
-    """The three models a prediction uses, with where each came from."""
-
-    seg: Bundle
-    hpv: Bundle
-    rfs: Bundle
-    sources: dict[str, str]
-    versions: dict[str, str | None] = field(default_factory=dict)  # registry versions
-
-    def describe(self) -> dict[str, dict]:
-        out = {}
-        for task in ("seg", "hpv", "rfs"):
-            bundle: Bundle = getattr(self, task)
-            out[task] = {
-                "name": bundle.manifest["name"],
-                "source": self.sources.get(task, str(bundle.root)),
-                "version": self.versions.get(task),
-                "digest": bundle.digest(),
-                "score": bundle.manifest.get("score"),
-                "code": bundle.manifest.get("code"),
-                "data": bundle.manifest.get("data"),
-            }
-        return out
-
-    def check(self) -> None:
-        """The three must agree on preprocessing and on Task 1's network, or inputs would differ."""
-        for task in ("hpv", "rfs"):
-            other: Bundle = getattr(self, task)
-            for key in ("prepare", "seg"):
-                if other.manifest["config"][key] != self.seg.manifest["config"][key]:
-                    raise ValueError(
-                        f"{other.root}: its {key!r} settings differ from {self.seg.root}'s; "
-                        "use models from one pipeline run"
-                    )
-
-
 class Predictor:
     """Task 1, 3 and 2 models applied to one patient at a time, on this machine's best precision."""
 
     def __init__(self, bundles: Bundles, work: Path, device: str = "auto") -> None:
-        from hecktor.training.tasks import HPVTask, RFSTask, SegmentationTask
-
         bundles.check()
         self.bundles = bundles
         self.prepare = bundles.seg.prepare
@@ -337,25 +299,16 @@ def _models_key(described: dict[str, dict]) -> str:
     return json.dumps({t: m["digest"] for t, m in described.items()}, sort_keys=True)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_key(models: str, patient: Patient) -> str | None:
     """What a finished patient's result depends on: the models, the bytes of its CT and PET and
     its clinical row. None when its files cannot be read (it is then predicted, and fails)."""
     if patient.problems or patient.ct is None or patient.pet is None:
         return None
     try:
-        files = [_file_digest(patient.ct), _file_digest(patient.pet)]
+        files = [file_sha256(patient.ct), file_sha256(patient.pet)]
     except OSError:
         return None
-    blob = json.dumps([models, files, patient.clinical], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_digest([models, files, patient.clinical], 64)
 
 
 def _reused(part: Path, mask: Path, key: str | None) -> bool:

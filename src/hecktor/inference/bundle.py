@@ -1,4 +1,5 @@
-"""Model bundles: what the registry stores, ``hecktor export`` writes and ``predict`` loads.
+"""Model bundles: what the registry stores, ``hecktor export`` writes and ``predict`` loads
+(:mod:`hecktor.register` builds them from a pipeline run).
 
 A bundle is a folder holding ``bundle.json`` (task, the config sections that rebuild the network and
 its inputs, the prepared grid, cross-validated metrics and the score the registry ranks by, code and
@@ -17,16 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 
-from hecktor import __version__, io
-from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
-from hecktor.config import Config, HpvConfig, PrepareConfig, RfsConfig, SegConfig
-from hecktor.devices import autocast_for, precision_for, resolve_device
+from hecktor import io
+from hecktor.config import HpvConfig, PrepareConfig, RfsConfig, SegConfig
+from hecktor.tracking import fetch_bundle
 
 NAMES = {"seg": "hecktor-seg", "hpv": "hecktor-hpv", "rfs": "hecktor-rfs"}
 MANIFEST = "bundle.json"
@@ -93,120 +94,41 @@ def load_bundle(root: Path | str) -> Bundle:
     return Bundle(root, manifest)
 
 
-def _write(out: Path, manifest: dict, files: dict[str, Path]) -> Path:
-    """Write a bundle atomically: the folder appears complete or not at all."""
-    with io.atomic_dir(out, "register") as tmp:
-        for name, src in files.items():
-            shutil.copyfile(src, tmp / name)
-        clean = io.strict(manifest, out / MANIFEST)
-        (tmp / MANIFEST).write_text(json.dumps(clean, indent=1, sort_keys=True, allow_nan=False))
-    return out
+@dataclass(frozen=True)
+class Bundles:
+    """The three models a prediction uses, with where each came from."""
 
+    seg: Bundle
+    hpv: Bundle
+    rfs: Bundle
+    sources: dict[str, str]
+    versions: dict[str, str | None] = field(default_factory=dict)  # registry versions
 
-def _common(cfg: Config, task: str, sections: tuple[str, ...]) -> dict:
-    from hecktor.training.workflow import code_fingerprint, data_fingerprint
+    def describe(self) -> dict[str, dict]:
+        out = {}
+        for task in ("seg", "hpv", "rfs"):
+            bundle: Bundle = getattr(self, task)
+            out[task] = {
+                "name": bundle.manifest["name"],
+                "source": self.sources.get(task, str(bundle.root)),
+                "version": self.versions.get(task),
+                "digest": bundle.digest(),
+                "score": bundle.manifest.get("score"),
+                "code": bundle.manifest.get("code"),
+                "data": bundle.manifest.get("data"),
+            }
+        return out
 
-    summary = json.loads((Path(cfg.paths.prepared) / "summary.json").read_text())
-    return {
-        "format": FORMAT,
-        "name": NAMES[task],
-        "task": task,
-        "package_version": __version__,
-        "code": code_fingerprint(),
-        "data": data_fingerprint(cfg.paths.prepared),
-        "prepared": {k: summary[k] for k in ("spacing_mm", "shape_zyx")},
-        "config": {s: getattr(cfg, s).model_dump(mode="json") for s in ("prepare", *sections)},
-    }
-
-
-def _metrics(cfg: Config, task: str) -> dict:
-    path = Path(cfg.paths.metrics) / f"{task}.json"
-    if not path.is_file():
-        raise ValueError(f"{path}: no metrics; run `hecktor crossval {task}` first")
-    return json.loads(path.read_text())
-
-
-def build_seg(cfg: Config, out: Path) -> Path:
-    from hecktor.training.tasks import seg_checkpoint
-
-    checkpoint = seg_checkpoint(cfg.paths.models)
-    if checkpoint is None:
-        raise ValueError(f"{cfg.paths.models}/seg: no trained model; run `hecktor train seg`")
-    result = _metrics(cfg, "seg")
-    network = result["variants"][result["network"]]
-    manifest = _common(cfg, "seg", ("seg",)) | {
-        "members": [{"file": "model.pt", "fold": checkpoint.parent.name}],
-        "metrics": {"holdout": network, "baseline": result["variants"].get("baseline")},
-        "score": {"name": "score (mean of GTVp DSC, GTVn DSCagg, GTVn F1agg)",
-                  "value": io.figure(network["score"])},
-    }  # fmt: skip
-    return _write(out, manifest, {"model.pt": checkpoint})
-
-
-def _fold_files(cfg: Config, task: str, prefix: str = "") -> list[tuple[str, Path]]:
-    from hecktor.training.workflow import task_folds
-
-    folds, _ = task_folds(cfg, task)
-    files = []
-    for name, kind, _, _ in folds:
-        if kind != "kfold":
-            continue
-        files.append((name, trained_checkpoint(Path(cfg.paths.models) / task / f"{prefix}{name}")))
-    if not files:
-        raise ValueError(f"{task}: no k-fold models to bundle")
-    return files
-
-
-def build_hpv(cfg: Config, out: Path) -> Path:
-    result = _metrics(cfg, "hpv")
-    files = _fold_files(cfg, "hpv")
-    cv = result["network"]["cv"]
-    manifest = _common(cfg, "hpv", ("seg", "hpv")) | {
-        "members": [{"file": f"{name}.pt", "fold": name} for name, _ in files],
-        "metrics": {"cv": cv, "test_ensemble": result["network"].get("test_ensemble"),
-                    "baseline_cv": result["baseline"]["cv"]},
-        "score": {"name": "cross-validated balanced accuracy", "value": io.figure(cv["balanced_accuracy"])},
-        "threshold": "logit > 0",
-    }  # fmt: skip
-    return _write(out, manifest, {f"{name}.pt": path for name, path in files})
-
-
-def build_rfs(cfg: Config, out: Path) -> Path:
-    from hecktor.crossval.rfs import risk_scale
-    from hecktor.inference.derived import derive_rfs_inputs
-    from hecktor.training.tasks import RFSTask
-    from hecktor.training.workflow import task_folds
-
-    result = _metrics(cfg, "rfs")
-    mode = "pred" if "pred" in cfg.rfs.modes else cfg.rfs.modes[0]
-    files = _fold_files(cfg, "rfs", f"{mode}-")
-    task = RFSTask(cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg), mode)
-    device = resolve_device(cfg.rfs.train.device)
-    autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
-    train_of = {name: train for name, _, train, _ in task_folds(cfg, "rfs")[0]}
-    members = []
-    for name, path in files:
-        model = model_from(task, load_checkpoint(path, device), device)  # the file bundled
-        mean, std = risk_scale(task, model, train_of[name], device, autocast)
-        members.append({"file": f"{name}.pt", "fold": name, "risk_mean": mean, "risk_std": std})
-    cv = result["network"][mode]["cv"]
-    manifest = _common(cfg, "rfs", ("seg", "rfs")) | {
-        "members": members,
-        "mode": mode,
-        "metrics": {"cv": cv, "test_ensemble": result["network"][mode].get("test_ensemble"),
-                    "baseline_clinical_cv": result["baseline_clinical"]["cv"]},
-        "score": {"name": "cross-validated C-index", "value": io.figure(cv["c_index"])},
-    }  # fmt: skip
-    return _write(out, manifest, {f"{name}.pt": path for name, path in files})
-
-
-BUILDERS = {"seg": build_seg, "hpv": build_hpv, "rfs": build_rfs}
-
-
-def build_bundles(cfg: Config, out: Path | str) -> dict[str, Path]:
-    """Bundle the trained models of the three tasks under ``out/<name>``."""
-    out = Path(out)
-    return {task: build(cfg, out / NAMES[task]) for task, build in BUILDERS.items()}
+    def check(self) -> None:
+        """The three must agree on preprocessing and on Task 1's network, or inputs would differ."""
+        for task in ("hpv", "rfs"):
+            other: Bundle = getattr(self, task)
+            for key in ("prepare", "seg"):
+                if other.manifest["config"][key] != self.seg.manifest["config"][key]:
+                    raise ValueError(
+                        f"{other.root}: its {key!r} settings differ from {self.seg.root}'s; "
+                        "use models from one pipeline run"
+                    )
 
 
 def load_bundles(
@@ -217,11 +139,6 @@ def load_bundles(
 ):
     """The three bundles ``predict`` uses: each from its URI if given, else from ``models_dir``
     (an ``hecktor export`` folder), else ``models:/<name>@champion`` from the registry."""
-    from mlflow.exceptions import MlflowException
-
-    from hecktor.inference.batch import Bundles
-    from hecktor.tracking import fetch_bundle
-
     uris = uris or {}
     exported: dict = {}
     if models_dir is not None and (Path(models_dir) / "sources.json").is_file():

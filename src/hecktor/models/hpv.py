@@ -3,7 +3,8 @@
 The bottleneck feature map is pooled (global mean and max, so any input size works), concatenated
 with a two-layer MLP embedding of the clinical variables, and a wide linear layer gives the HPV logit.
 Training runs the whole network (segmentation keeps the encoder anatomical); inference runs the
-encoder alone (:meth:`HPVNet.classify`), as the paper did once the decoder was no longer needed.
+encoder alone (:meth:`HPVNet.encode`, then :meth:`HPVNet.logit`), as the paper did once the decoder
+was no longer needed.
 """
 
 from __future__ import annotations
@@ -62,7 +63,3 @@ class HPVNet(nn.Module):
         features, self._features = self._features, None
         assert features is not None, "the bottleneck hook did not fire"
         return HPVOutput(segmentation, self.logit(features, clinical))
-
-    def classify(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
-        """HPV logits from the encoder and the head only."""
-        return self.logit(self.encode(image), clinical)

@@ -1,1 +1,1 @@
-"""One training engine for all tasks; what differs per task lives in :mod:`hecktor.training.tasks`."""
+"""One training engine for all tasks; what differs per task lives in :mod:`hecktor.tasks`."""

@@ -418,11 +418,12 @@ def fit(
     cfg: TrainConfig,
     out: Path | str,
     tracker: Tracker | None = None,
-    config_hash: str = "",
+    key: str = "",
 ) -> FitResult:
     """Train ``task`` and keep the best epoch (``best.pt``); resume from ``last.pt`` if present.
 
-    A ``last.pt`` written under another config hash is not resumed: the fold's checkpoints are
+    ``key`` is the fold's resume key (:func:`hecktor.training.workflow.resume_key`): a ``last.pt``
+    written under another key is not resumed: the fold's checkpoints are
     removed and training starts afresh.
     """
     out = Path(out)
@@ -435,7 +436,7 @@ def fit(
     start, best_epoch, best_score, best_metrics, history = 1, 0, -math.inf, {}, []
     last = out / "last.pt"
     state = load_checkpoint(last, loop.device) if last.is_file() else None
-    if state is not None and state.get("config_hash") != config_hash:
+    if state is not None and state.get("key") != key:
         log.warning("%s: %s was written under another config; starting afresh", task.name, last)
         state = None
     if state is None and loop.rank == 0:
@@ -473,7 +474,7 @@ def fit(
                 best_epoch, best_score, best_metrics = epoch, float(metrics["score"]), dict(metrics)
                 save_checkpoint(out / "best.pt", {
                     "model": model.state_dict(), "epoch": epoch, "metrics": metrics,
-                    "task": task.state(), "key": config_hash,
+                    "task": task.state(), "key": key,
                     "precision": loop.precision.to_dict(),
                 })  # fmt: skip
         history.append(record)
@@ -487,7 +488,7 @@ def fit(
                 "best_score": best_score,
                 "best_metrics": best_metrics,
                 "history": history,
-                "config_hash": config_hash,
+                "key": key,
                 "precision": loop.precision.to_dict(),
             }
             if loop.scaler is not None:
@@ -499,7 +500,7 @@ def fit(
     if loop.rank == 0 and not (out / "best.pt").is_file():  # no validation set: the last epoch
         save_checkpoint(out / "best.pt", {
             "model": model.state_dict(), "epoch": cfg.epochs, "metrics": {},
-            "task": task.state(), "key": config_hash, "precision": loop.precision.to_dict(),
+            "task": task.state(), "key": key, "precision": loop.precision.to_dict(),
         })  # fmt: skip
         best_epoch = cfg.epochs
     _barrier(loop.world)
@@ -513,7 +514,7 @@ def swa(
     cfg: TrainConfig,
     out: Path | str,
     tracker: Tracker | None = None,
-    config_hash: str = "",
+    key: str = "",
 ) -> dict[str, float] | None:
     """Refine ``best.pt`` by stochastic weight averaging for ``swa_epochs``; write ``swa.pt``.
 
@@ -539,14 +540,14 @@ def swa(
     scheduler = SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=1)
     start = 1
     last = out / "swa_last.pt"
-    key = f"{config_hash}:{best['epoch']}"
+    swa_key = f"{key}:{best['epoch']}"
     if last.is_file():
         state = load_checkpoint(last, loop.device)
         done = out / "swa.pt"
-        if state.get("key") == key and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():
+        if state.get("key") == swa_key and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():
             # finished before: leave swa.pt untouched (later tasks key on its bytes)
             return dict(load_checkpoint(done, loop.device).get("metrics", {}))
-        if state.get("key") == key:
+        if state.get("key") == swa_key:
             model.load_state_dict(state["model"])
             averaged.load_state_dict(state["averaged"])
             optimizer.load_state_dict(state["optimizer"])
@@ -569,7 +570,7 @@ def swa(
             save_checkpoint(last, {
                 "model": model.state_dict(), "averaged": averaged.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "key": key, "precision": loop.precision.to_dict(),
+                "epoch": epoch, "key": swa_key, "precision": loop.precision.to_dict(),
             })  # fmt: skip
         _barrier(loop.world)
     metrics: dict[str, float] = {}
@@ -584,7 +585,7 @@ def swa(
             )
         save_checkpoint(out / "swa.pt", {
             "model": swa_model.state_dict(), "epoch": best["epoch"], "metrics": metrics,
-            "task": task.state(), "key": config_hash, "precision": loop.precision.to_dict(),
+            "task": task.state(), "key": key, "precision": loop.precision.to_dict(),
         })  # fmt: skip
     _barrier(loop.world)
     return metrics

@@ -8,7 +8,6 @@ MLflow run with one child run per fold, and writes ``models/<task>/<fold>/{best,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -18,98 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from hecktor import io, tracking
-from hecktor.checkpoints import write_final
+from hecktor.checkpoints import fold_score, write_final
 from hecktor.config import Config, read_tuned
-from hecktor.data.splits import load_splits
+from hecktor.data.splits import task_folds
+from hecktor.fingerprints import json_digest, prepared_digest, training_code
+from hecktor.tasks import build_task
 from hecktor.training.engine import distributed, fit, swa
-from hecktor.training.tasks import build_task, fold_score
 
 log = logging.getLogger(__name__)
-
-TASK_SPLIT_KEY = {"seg": "task1", "hpv": "task3", "rfs": "task2"}
-
-
-def folds_of(
-    splits: dict, task: str, split: str, only: tuple[int, ...] | None = None
-) -> list[tuple[str, list[str], list[str]]]:
-    """(name, train patients, validation patients) of each fold of ``split`` for ``task``."""
-    entry = splits[TASK_SPLIT_KEY[task]]
-    if split == "holdout":
-        if "holdout" not in entry:
-            raise ValueError(f"{task}: the splits file has no hold-out for {TASK_SPLIT_KEY[task]}")
-        folds = [("holdout", entry["holdout"]["train"], entry["holdout"]["val"])]
-    elif split == "kfold":
-        folds = [(f"fold-{i}", f["train"], f["val"]) for i, f in enumerate(entry.get("kfold", []))]
-    else:
-        folds = [(f"loco-{f['centre'][0]}", f["train"], f["val"]) for f in entry.get("loco", [])]
-    if only is not None:
-        folds = [f for i, f in enumerate(folds) if i in only]
-    if not folds:
-        raise ValueError(f"{task}: split {split!r} has no folds")
-    return folds
-
-
-def task_folds(
-    cfg: Config, task: str
-) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
-    """(name, kind, train, val) of every fold a task trains, and its test patients.
-
-    ``kind`` is ``kfold``/``holdout`` or ``loco``; the leave-one-centre-out folds come beside the
-    configured split when the task's ``loco`` flag is set.
-    """
-    task_cfg = getattr(cfg, task)
-    splits = load_splits(cfg.paths.splits)
-    kind = "loco" if task_cfg.split == "loco" else task_cfg.split
-    folds = [(n, kind, t, v) for n, t, v in folds_of(splits, task, task_cfg.split, task_cfg.folds)]
-    if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
-        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, task, "loco")]
-    return folds, list(splits[TASK_SPLIT_KEY[task]].get("test", []))
-
-
-def data_fingerprint(prepared: Path | str) -> str:
-    """A hash of every prepared case's metadata: changes whenever the prepared data do."""
-    digest = hashlib.sha256()
-    for meta in sorted(Path(prepared).glob("*/meta.json")):
-        digest.update(meta.parent.name.encode())
-        digest.update(meta.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-# The modules (package-relative) whose code decides what training learns: their hash keys resumable
-# checkpoints, studies and bundles. Inference, reporting or CLI edits leave trained models valid.
-# The training and tuning stages of dvc.yaml depend on the same files (a test holds them together).
-TRAINING_CODE = (
-    "training",
-    "devices.py",
-    "checkpoints.py",
-    "models",
-    "losses.py",
-    "metrics.py",
-    "data/loading.py",
-    "data/clinical.py",
-    "data/preprocess.py",
-    "inference/predictor.py",
-)
-
-
-def source_digest(root: Path | str, parts: tuple[str, ...]) -> str:
-    """A hash of the ``.py`` files at ``parts`` (files or folders) under ``root``, names included."""
-    root = Path(root)
-    files = set()
-    for part in parts:
-        path = root / part
-        files |= set(path.rglob("*.py")) if path.is_dir() else {path}
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def code_fingerprint(extra: tuple[str, ...] = ()) -> str:
-    """A hash of the training code (plus ``extra`` modules): other code's checkpoints are not resumed."""
-    return source_digest(Path(__file__).resolve().parents[1], TRAINING_CODE + extra)
-
 
 # The config sections a task's models depend on (Task 3 starts from Task 1, Task 2 uses both).
 UPSTREAM = {
@@ -122,13 +37,10 @@ UPSTREAM = {
 EVALUATION_ONLY = {"seg": {"min_lesion_mm3", "baseline_suv", "figure_cases"}, "rfs": {"bootstrap"}}
 
 
-def fold_hash(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], data: str) -> str:
+def resume_key(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], data: str) -> str:
     """What a checkpoint must match to be resumed: task config, data, code and the fold's patients."""
     settings = getattr(cfg, task).model_dump(mode="json", exclude=EVALUATION_ONLY.get(task, set()))
-    blob = json.dumps(
-        {"task": settings, "data": data, "fold": fold, "code": code_fingerprint()}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest({"task": settings, "data": data, "fold": fold, "code": training_code()})
 
 
 def train(
@@ -167,7 +79,7 @@ def train(
         for stale in out_root.iterdir():  # folds of an earlier split
             if stale.is_dir() and stale.name not in {f[1][0] for f in runs} | {"resume"}:
                 shutil.rmtree(stale)
-    data = data_fingerprint(cfg.paths.prepared)
+    data = prepared_digest(cfg.paths.prepared)
     fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
     if enabled and not experiment:
@@ -179,7 +91,7 @@ def train(
     summary: dict = {
         "task": task,
         "split": task_cfg.split,
-        "config_hash": cfg.digest(UPSTREAM[task]),
+        "upstream_digest": cfg.digest(UPSTREAM[task]),
         "data": data,
         "folds": {},
         "modes": [m.rstrip("-") for m in modes if m],
@@ -197,7 +109,7 @@ def train(
             runner = runners[prefix]
             name, train_ids, val_ids = fold
             fold_dir = out_root / name
-            key = fold_hash(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
+            key = resume_key(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
             # MLflow run ids live beside the store, not in the DVC-tracked model folder
             run_file = resume_root / f"{name}.json"
             previous = json.loads(run_file.read_text()) if run_file.is_file() else {}

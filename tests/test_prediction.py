@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from hecktor.inference.predictor import remove_small_lesions, segment, segment_probabilities
 from hecktor.models.segmentation import build_dynunet
+from hecktor.prediction import remove_small_lesions, segment, segment_probabilities
 
 
 def test_remove_small_lesions_per_class_and_volume():

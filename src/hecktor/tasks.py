@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -19,8 +18,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from hecktor import io, metrics
-from hecktor.checkpoints import load_checkpoint, trained_checkpoint
+from hecktor import metrics
+from hecktor.checkpoints import best_fold, load_checkpoint
 from hecktor.config import Config, HpvConfig, RfsConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, RFS_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
@@ -30,11 +29,12 @@ from hecktor.data.loading import (
     segmentation_transform,
 )
 from hecktor.data.preprocess import load_case
-from hecktor.inference.predictor import segment
+from hecktor.fingerprints import file_sha256
 from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import build_dynunet, divisor, plan
 from hecktor.models.survival import SurvivalNet
+from hecktor.prediction import segment
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +97,6 @@ class SegmentationTask:
             truths.append(np.asarray(case.label))
         scores = metrics.segmentation_scores(preds, truths, [self.voxel_mm3] * len(preds))
         return {k: float(scores[k]) for k in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score")}
-
-
-def fold_score(fold: dict) -> float:
-    """A trained fold's validation score: after SWA when there was SWA, else the best epoch's."""
-    return io.figure((fold["swa"] or fold["best"] or {}).get("score"))
-
-
-def seg_checkpoint(models: Path | str) -> Path | None:
-    """The Task 1 weights to start Task 3 from: the final weights of the best-scoring fold."""
-    summary_path = Path(models) / "seg" / "summary.json"
-    if not summary_path.is_file():
-        return None
-    folds = json.loads(summary_path.read_text())["folds"]
-    name = max(folds, key=lambda f: np.nan_to_num(fold_score(folds[f]), nan=-1.0))
-    return trained_checkpoint(Path(models) / "seg" / name)
 
 
 class ClinicalDataset(Dataset):
@@ -220,7 +205,7 @@ class HPVTask:
         """Identifies the Task 1 weights this task starts from: new weights, new training."""
         if self.init is None or not self.init.is_file():
             return "none"
-        return hashlib.sha256(self.init.read_bytes()).hexdigest()[:16]
+        return file_sha256(self.init)[:16]
 
     def logits(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
                unknown: Sequence[str] = ()) -> np.ndarray:  # fmt: skip
@@ -370,6 +355,15 @@ class RFSTask:
                 out.append(float(risk.float().item()))
         return np.asarray(out)
 
+    def risk_scale(
+        self, model: nn.Module, train_ids: Sequence[str], device: torch.device, autocast
+    ) -> tuple[float, float]:
+        """Mean and spread of a fold model's risks on its training patients: its risk scale (the
+        Cox loss fixes risks only up to a shift, so folds are compared after standardising)."""
+        reference = self.risks(model, train_ids, device, autocast)
+        std = float(reference.std())
+        return float(reference.mean()), std if std > 0 else 1.0
+
     def validate(
         self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast
     ) -> dict[str, float]:
@@ -381,6 +375,11 @@ class RFSTask:
         return {"c_index": value, "score": value}
 
 
+def rfs_inputs_dir(cfg: Config) -> Path:
+    """Where ``hecktor derive rfs`` writes Task 2's inputs (masks and HPV of the other tasks)."""
+    return Path(cfg.paths.models) / "rfs_inputs"
+
+
 TASKS = {"seg": SegmentationTask, "hpv": HPVTask, "rfs": RFSTask}
 
 
@@ -389,11 +388,12 @@ def build_task(cfg: Config, name: str, mode: str | None = None):
     if name == "seg":
         return SegmentationTask(cfg.seg, cfg.paths.prepared)
     if name == "hpv":
-        return HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared, seg_checkpoint(cfg.paths.models))
-    if name == "rfs":
-        from hecktor.inference.derived import derive_rfs_inputs
-
-        return RFSTask(
-            cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg), mode or cfg.rfs.modes[0]
+        return HPVTask(
+            cfg.hpv, cfg.seg, cfg.paths.prepared, best_fold(Path(cfg.paths.models, "seg"))
         )
+    if name == "rfs":
+        inputs = rfs_inputs_dir(cfg)
+        if not (inputs / "inputs.csv").is_file():
+            raise ValueError(f"{inputs}: no Task 2 inputs; run `hecktor derive rfs` first")
+        return RFSTask(cfg.rfs, cfg.paths.prepared, inputs, mode or cfg.rfs.modes[0])
     raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")

@@ -8,43 +8,86 @@ from the Task 3 models, produced out of fold wherever the splits allow.
   test set, patients outside Task 3) gets the fold ensemble's mean logit: never in-sample.
 
 Written once per set of models to ``<models>/rfs_inputs`` (masks on the prepared grid); the
-``derive`` stage makes them, so that tuning and training Task 2 share them.
+``derive`` stage makes them, so that tuning and training Task 2 share them. Their key covers the
+weights, the cohort and the code that computes them (the training code and this module, where the
+Task 3 fold logits that scoring also reports are computed), not the reports' wording.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch import nn
 from tqdm import tqdm
 
 from hecktor import io
-from hecktor.checkpoints import FINAL, load_checkpoint, model_from, trained_checkpoint
+from hecktor.checkpoints import load_checkpoint, load_trained, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data.preprocess import load_case
-from hecktor.data.splits import load_splits
+from hecktor.data.splits import folds_of, load_splits, task_folds
 from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.inference.predictor import remove_small_lesions
+from hecktor.fingerprints import files_digest, training_code
+from hecktor.prediction import remove_small_lesions
+from hecktor.tasks import HPVTask, SegmentationTask, rfs_inputs_dir
 
 log = logging.getLogger(__name__)
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+@dataclass
+class FoldModel:
+    name: str
+    kind: str  # "kfold" or "loco"
+    train: list[str]
+    val: list[str]
+    model: nn.Module
+    encoder: dict
+
+
+def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
+    """Every trained Task 3 fold model (its final weights) with its clinical encoder."""
+    device = resolve_device(cfg.hpv.train.device)
+    folds, _ = task_folds(cfg, "hpv")
+    task.init = None  # fold weights replace the Task 1 start anyway
+    out = []
+    for name, kind, train_ids, val_ids in folds:
+        model, state = load_trained(task, Path(cfg.paths.models) / "hpv" / name, device)
+        out.append(FoldModel(name, kind, train_ids, val_ids, model, state["task"]["encoder"]))
+    return out
+
+
+def logits_of(
+    cfg: Config, task: HPVTask, models: Sequence[FoldModel], unknown: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Out-of-fold logits (one row per validation patient) and test logits (every fold x patient)."""
+    device = resolve_device(cfg.hpv.train.device)
+    autocast = autocast_for(precision_for(cfg.hpv.train.precision, device), device)
+    _, test = task_folds(cfg, "hpv")
+    oof, tested = [], []
+    for fold in models:
+        task.load_state({"encoder": fold.encoder})
+        values = task.logits(fold.model, fold.val, device, autocast, unknown)
+        oof += [
+            {"PatientID": p, "fold": fold.name, "kind": fold.kind, "logit": v}
+            for p, v in zip(fold.val, values, strict=True)
+        ]
+        if test and fold.kind == "kfold":
+            values = task.logits(fold.model, test, device, autocast, unknown)
+            tested += [
+                {"PatientID": p, "fold": fold.name, "logit": v}
+                for p, v in zip(test, values, strict=True)
+            ]
+    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
 
 
 def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
     """The Task 1 fold models (name, training patients, weights) and the key of what the inputs
     derive from: the weights the models load, the cohort and this code."""
-    from hecktor.training.workflow import code_fingerprint, folds_of
-
     seg_root = Path(cfg.paths.models) / "seg"
     seg_summary = json.loads((seg_root / "summary.json").read_text())
     splits = load_splits(cfg.paths.splits)
@@ -55,21 +98,18 @@ def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
     ]
     # the weights the HPV fold models load (SWA when it ran): a new SWA result must remake the inputs
     hpv_paths = [
-        trained_checkpoint(p.parent)
-        for p in sorted(Path(cfg.paths.models, "hpv").glob(f"*/{FINAL}"))
+        trained_checkpoint(Path(cfg.paths.models, "hpv", name))
+        for name, *_ in task_folds(cfg, "hpv")[0]
     ]
-    weights = _fingerprint(
+    weights = files_digest(
         [p for _, _, p in seg_folds] + hpv_paths + [Path(cfg.paths.prepared) / "cases.csv"]
     )
-    return seg_folds, f"{weights}:{code_fingerprint(('inference/derived.py', 'crossval/hpv.py'))}"
+    return seg_folds, f"{weights}:{training_code(('derive.py',))}"
 
 
 def derive_rfs_inputs(cfg: Config) -> Path:
     """Predicted masks and HPV logits for every Task 2 patient; returns the folder."""
-    from hecktor.crossval.hpv import load_models, logits_of
-    from hecktor.training.tasks import HPVTask, SegmentationTask
-
-    out = Path(cfg.paths.models) / "rfs_inputs"
+    out = rfs_inputs_dir(cfg)
     seg_folds, key = _sources(cfg)
     if (
         (out / "inputs.csv").is_file()

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
+
 from hecktor.checkpoints import FINAL
-from hecktor.data.splits import load_splits
-from hecktor.inference.derived import _sources
+from hecktor.data.splits import load_splits, task_folds
+from hecktor.derive import _sources
 
 
 def _finished(folder, weights: str, data: bytes) -> None:
@@ -19,7 +21,9 @@ def test_inputs_are_keyed_by_the_weights_the_models_load(project_cfg):
     holdout = load_splits(project_cfg.paths.splits)["task1"]["holdout"]
     _finished(models / "seg" / "holdout", "best.pt", b"seg best")
     (models / "seg" / "summary.json").write_text(json.dumps({"folds": {"holdout": {}}}))
-    _finished(models / "hpv" / "fold-0", "best.pt", b"hpv best")
+    hpv_folds = [name for name, *_ in task_folds(project_cfg, "hpv")[0]]
+    for name in hpv_folds:
+        _finished(models / "hpv" / name, "best.pt", f"{name} best".encode())
 
     seg_folds, key = _sources(project_cfg)
     assert [(n, p.name) for n, _, p in seg_folds] == [("holdout", "best.pt")]
@@ -31,9 +35,13 @@ def test_inputs_are_keyed_by_the_weights_the_models_load(project_cfg):
     assert with_swa != key
     (models / "hpv" / "fold-0" / "best.pt").write_bytes(b"hpv best, retrained")  # not loaded
     assert _sources(project_cfg)[1] == with_swa
-    (models / "hpv" / "fold-1").mkdir()  # an unfinished fold is not a source
-    (models / "hpv" / "fold-1" / "best.pt").write_bytes(b"half-trained")
+    (models / "hpv" / "fold-9").mkdir()  # a folder of no configured fold is not a source
+    (models / "hpv" / "fold-9" / "best.pt").write_bytes(b"half-trained")
+    (models / "hpv" / "fold-9" / FINAL).write_text(json.dumps({"weights": "best.pt"}))
     assert _sources(project_cfg)[1] == with_swa
     _finished(models / "seg" / "holdout", "swa.pt", b"seg after SWA")
     seg_folds, seg_swa = _sources(project_cfg)
     assert seg_folds[0][2].name == "swa.pt" and seg_swa != with_swa
+    (models / "hpv" / hpv_folds[-1] / FINAL).unlink()  # a configured fold still training
+    with pytest.raises(ValueError, match="no finished training"):
+        _sources(project_cfg)

@@ -1,0 +1,70 @@
+"""Digests: one per concept, each changing exactly when what it stands for changes."""
+
+import yaml
+
+from hecktor.fingerprints import (
+    TRAINING_CODE,
+    file_sha256,
+    files_digest,
+    json_digest,
+    prepared_digest,
+    source_digest,
+)
+from tests.conftest import ROOT
+
+
+def test_file_digests_follow_bytes_and_order(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"weights a")
+    b.write_bytes(b"weights b")
+    assert len(file_sha256(a)) == 64
+    assert files_digest([a, b]) != files_digest([b, a])
+    before = files_digest([a, b])
+    b.write_bytes(b"weights B")
+    assert files_digest([a, b]) != before
+
+
+def test_json_digest_ignores_key_order_only():
+    assert json_digest({"a": 1, "b": [1, 2]}) == json_digest({"b": [1, 2], "a": 1})
+    assert json_digest({"a": 1, "b": [1, 2]}) != json_digest({"a": 1, "b": [2, 1]})
+    assert len(json_digest({}, 10)) == 10
+
+
+def test_prepared_digest_follows_case_metadata(tmp_path):
+    (tmp_path / "P-1").mkdir()
+    (tmp_path / "P-1" / "meta.json").write_text("{}")
+    before = prepared_digest(tmp_path)
+    (tmp_path / "P-1" / "meta.json").write_text('{"pet_mean": 1}')
+    assert prepared_digest(tmp_path) != before
+
+
+def test_source_digest_follows_the_named_modules_only(tmp_path):
+    for name in ("training/engine.py", "models/net.py", "inference/batch.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    parts = ("training", "models/net.py")
+    key = source_digest(tmp_path, parts)
+    (tmp_path / "inference" / "batch.py").write_text("x = 2\n")  # inference is not training code
+    assert source_digest(tmp_path, parts) == key
+    (tmp_path / "training" / "engine.py").write_text("x = 2\n")
+    edited = source_digest(tmp_path, parts)
+    assert edited != key
+    (tmp_path / "training" / "engine.py").rename(tmp_path / "training" / "loop.py")
+    assert source_digest(tmp_path, parts) != edited  # a renamed module counts too
+    assert source_digest(tmp_path, (*parts, "inference/batch.py")) != source_digest(tmp_path, parts)
+
+
+def test_training_stages_rerun_on_every_module_that_keys_their_checkpoints():
+    """DVC must rerun training whenever the code fingerprint changes, or it would keep stale models."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    extra = {"tune": ("tuning.py",), "derive": ("derive.py",)}
+    checked = 0
+    for name, stage in stages.items():
+        kind = name.split("_")[0]
+        if kind not in ("tune", "train", "derive"):
+            continue
+        deps = [d.removeprefix("src/hecktor/") for d in stage["deps"] if d.startswith("src/")]
+        for module in TRAINING_CODE + extra.get(kind, ()):
+            assert any(module == d or module.startswith(f"{d}/") for d in deps), (name, module)
+        checked += 1
+    assert checked == 7
