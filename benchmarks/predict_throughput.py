@@ -58,7 +58,7 @@ def main() -> None:
         preds = {"packaged, segmentation": [], "plain fp32 MONAI": []}
         truths = []
         for i, case in enumerate(cases):
-            images = layout.load_case(case)
+            images = layout.read_case(case)
             start = time.perf_counter()
             predictor(images, {})
             whole = time.perf_counter() - start

@@ -23,7 +23,7 @@ from monai.losses import DiceCELoss
 
 from hecktor.checkpoints import load_checkpoint
 from hecktor.config import load_config
-from hecktor.data.preprocess import load_case
+from hecktor.data.preprocess import load_prepared
 from hecktor.devices import autocast_for, cpu_supports_bf16
 from hecktor.metrics import dice
 from hecktor.models.segmentation import build_dynunet
@@ -70,7 +70,7 @@ def main() -> None:
     ]
     if args.prepared:
         patients = sorted(p.name for p in Path(args.prepared).iterdir() if p.is_dir())[: args.cases]
-        volumes = [np.array(load_case(args.prepared, p).image) for p in patients]
+        volumes = [np.array(load_prepared(args.prepared, p).image) for p in patients]
         print(f"segmenting {len(volumes)} prepared cases from {args.prepared}")
     labels = {}
     trained = load_checkpoint(args.checkpoint)["model"] if args.checkpoint else None

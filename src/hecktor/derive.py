@@ -29,7 +29,7 @@ from tqdm import tqdm
 from hecktor import io
 from hecktor.checkpoints import load_checkpoint, load_trained, model_from, trained_checkpoint
 from hecktor.config import Config
-from hecktor.data.preprocess import load_case
+from hecktor.data.preprocess import load_prepared
 from hecktor.data.splits import folds_of, load_splits, task_folds
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import files_digest, training_code
@@ -142,7 +142,7 @@ def derive_rfs_inputs(cfg: Config) -> Path:
         for patient in tqdm(patients, desc="rfs inputs", unit="patient"):
             unseen = [name for name, train, _ in seg_folds if patient not in train]
             fold = unseen[0] if unseen else seg_folds[0][0]
-            case = load_case(cfg.paths.prepared, patient)
+            case = load_prepared(cfg.paths.prepared, patient)
             labels = seg_task.predict(models[fold], case.image, device, autocast)
             labels = remove_small_lesions(labels, cfg.seg.min_lesion_mm3, seg_task.voxel_mm3)
             np.save(tmp / "masks" / f"{patient}.npy", labels)

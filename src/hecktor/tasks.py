@@ -28,7 +28,7 @@ from hecktor.data.loading import (
     Unwrap,
     segmentation_transform,
 )
-from hecktor.data.preprocess import load_case
+from hecktor.data.preprocess import load_prepared
 from hecktor.fingerprints import file_sha256
 from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
@@ -92,7 +92,7 @@ class SegmentationTask:
     ) -> dict[str, float]:
         preds, truths = [], []
         for patient in patients:
-            case = load_case(self.prepared, patient)
+            case = load_prepared(self.prepared, patient)
             preds.append(self.predict(model, case.image, device, autocast))
             truths.append(np.asarray(case.label))
         scores = metrics.segmentation_scores(preds, truths, [self.voxel_mm3] * len(preds))
@@ -217,7 +217,7 @@ class HPVTask:
                 key = (id(model), patient)
                 features = self.feature_cache.get(key) if self.feature_cache is not None else None
                 if features is None:
-                    image = np.array(load_case(self.prepared, patient).image)
+                    image = np.array(load_prepared(self.prepared, patient).image)
                     features = model.encode(torch.as_tensor(image)[None].to(device))
                     if self.feature_cache is not None:
                         self.feature_cache[key] = features
@@ -299,14 +299,14 @@ class RFSTask:
 
     def mask(self, patient: str, inputs: str) -> np.ndarray:
         if inputs == "gt":
-            label = load_case(self.prepared, patient).label
+            label = load_prepared(self.prepared, patient).label
             if label is not None:
                 return np.asarray(label)
         return np.load(self.inputs_dir / "masks" / f"{patient}.npy")
 
     def image(self, patient: str, inputs: str) -> np.ndarray:
         """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask."""
-        case = load_case(self.prepared, patient)
+        case = load_prepared(self.prepared, patient)
         mask = self.mask(patient, inputs)
         return np.concatenate(
             [np.asarray(case.image), (mask == 1)[None], (mask == 2)[None]]

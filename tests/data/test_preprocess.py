@@ -8,7 +8,7 @@ from hecktor.data import layout
 from hecktor.data.preprocess import (
     Geometry,
     brain_centre,
-    load_case,
+    load_prepared,
     normalise_ct,
     normalise_pet,
     preprocess,
@@ -23,7 +23,7 @@ def test_prepared_cases_share_the_configured_shape(prepared_dir, prepare_cfg):
         round(c / s) for c, s in zip(prepare_cfg.crop_mm, prepare_cfg.spacing_mm, strict=True)
     )
     for pid in (p.name for p in prepared_dir.iterdir() if p.is_dir()):
-        case = load_case(prepared_dir, pid)
+        case = load_prepared(prepared_dir, pid)
         assert case.image.shape == (2, *reversed(expected))
         assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
         assert set(np.unique(case.label).tolist()) <= {0, 1, 2}
@@ -45,7 +45,7 @@ def test_brain_centre_found_from_pet(release_dir, prepare_cfg):
     from hecktor.data import synthetic
 
     case = layout.scan_release(release_dir).cases[1][0]
-    images = layout.load_case(case)
+    images = layout.read_case(case)
     index = int(case.patient.split("-")[1]) - 1
     from hecktor.config import load_config
     from tests.conftest import ROOT
@@ -61,7 +61,7 @@ def test_brain_centre_found_from_pet(release_dir, prepare_cfg):
 def test_label_keeps_the_lesions(prepared_dir, release_dir):
     for case in layout.scan_release(release_dir).cases[1]:
         truth = sitk.GetArrayFromImage(layout.read_nifti(case.label))
-        prepared = load_case(prepared_dir, case.patient).label
+        prepared = load_prepared(prepared_dir, case.patient).label
         for value in (1, 2):
             assert (prepared == value).any() == (truth == value).any() or (
                 truth == value
@@ -80,7 +80,7 @@ def _round_trip(ct: sitk.Image, spacing: float) -> None:
     )
     label = sitk.GetImageFromArray(array.astype(np.uint8))
     label.CopyInformation(ct)
-    prepared = preprocess(layout.CaseImages("P-1", ct, pet, label), cfg)
+    prepared = preprocess(layout.RawCase("P-1", ct, pet, label), cfg)
     back = to_original_grid(
         prepared.label, Geometry.from_dict(prepared.meta["grid"]), Geometry.of(ct)
     )

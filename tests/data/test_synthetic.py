@@ -14,7 +14,7 @@ def test_release_is_valid_and_in_the_official_layout(release_dir):
     layout.read_tables(release, problems)
     assert problems == []
     for case in release.cases[1]:
-        images = layout.load_case(case)  # raises on any problem
+        images = layout.read_case(case)  # raises on any problem
         assert images.label is not None
 
 

@@ -29,7 +29,7 @@ from hecktor import io, metrics, reports, tracking
 from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
-from hecktor.data.preprocess import load_case
+from hecktor.data.preprocess import load_prepared
 from hecktor.data.splits import folds_of, load_splits, task_folds
 from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
@@ -59,7 +59,7 @@ def c_index_with_ci(time, event, risk, resamples: int, seed: int = 0) -> dict[st
 
 def image_features(task: RFSTask, patient: str) -> dict[str, float]:
     """Simple PET/CT features of a predicted mask (volumes in cc, SUV restored from the z-score)."""
-    case = load_case(task.prepared, patient)
+    case = load_prepared(task.prepared, patient)
     mask = task.mask(patient, "pred")
     suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
     voxel_cc = float(np.prod(case.meta["grid"]["spacing"])) / 1000.0

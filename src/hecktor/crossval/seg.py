@@ -20,7 +20,7 @@ from hecktor import baselines, evaluation, io, metrics, reports, tracking
 from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data import layout
-from hecktor.data.preprocess import Geometry, load_case, to_original_grid
+from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
 from hecktor.data.splits import folds_of, load_splits
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.prediction import remove_small_lesions
@@ -69,7 +69,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
             if "best" not in models:
                 raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
             for patient in val_ids:
-                case = load_case(cfg.paths.prepared, patient)
+                case = load_prepared(cfg.paths.prepared, patient)
                 _link(labels[patient], tmp / "truth" / f"{patient}.nii.gz")
                 for variant, model in models.items():
                     raw = task.predict(model, case.image, device, autocast)

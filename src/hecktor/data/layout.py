@@ -71,7 +71,7 @@ class InputError(ValueError):
 
 
 @dataclass(frozen=True)
-class Case:
+class CaseFiles:
     """The image files of one patient in one task folder."""
 
     patient: str
@@ -86,7 +86,7 @@ class Release:
     """A scanned release: cases per task, table paths, and problems found while scanning."""
 
     root: Path
-    cases: dict[int, list[Case]] = field(default_factory=dict)
+    cases: dict[int, list[CaseFiles]] = field(default_factory=dict)
     tables: dict[int, Path] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
@@ -94,7 +94,7 @@ class Release:
         """All patient IDs with images, in sorted order."""
         return sorted({c.patient for cases in self.cases.values() for c in cases})
 
-    def image_case(self, patient: str) -> Case:
+    def image_case(self, patient: str) -> CaseFiles:
         """The case whose images represent ``patient``: Task 1 (with label) first."""
         for task in TASKS:
             for case in self.cases.get(task, []):
@@ -125,11 +125,11 @@ def centre_of(patient: str) -> str:
     return match.group("centre").upper() if match else "UNKNOWN"
 
 
-def case_paths(root: Path, task: int, patient: str) -> Case:
+def case_paths(root: Path, task: int, patient: str) -> CaseFiles:
     """Where the files of ``patient`` live in ``task`` of a release rooted at ``root``."""
     folder = Path(root) / TASK_DIR[task] / patient
     label = folder / f"{patient}.nii.gz" if task == 1 else None
-    return Case(
+    return CaseFiles(
         patient, task, folder / f"{patient}__CT.nii.gz", folder / f"{patient}__PT.nii.gz", label
     )
 
@@ -276,7 +276,7 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = _GEOMETRY_TOL_MM) ->
 
 
 @dataclass
-class CaseImages:
+class RawCase:
     """The images of one patient, read and checked."""
 
     patient: str
@@ -332,7 +332,7 @@ def check_images(
             )
 
 
-def load_case(case: Case) -> CaseImages:
+def read_case(case: CaseFiles) -> RawCase:
     """Read and check one case; raise :class:`InputError` with every problem found."""
     problems: list[Problem] = []
     ct = read_image(case.ct, case.patient, problems)
@@ -350,7 +350,7 @@ def load_case(case: Case) -> CaseImages:
     assert ct is not None and pet is not None
     if label is not None:
         label = sitk.Cast(label, sitk.sitkUInt8)
-    return CaseImages(case.patient, ct, pet, label)
+    return RawCase(case.patient, ct, pet, label)
 
 
 def validate_release(root: Path | str) -> Release:
@@ -363,7 +363,7 @@ def validate_release(root: Path | str) -> Release:
     cases = [case for task in TASKS for case in release.cases.get(task, [])]
     for case in tqdm(cases, desc="validate", unit="image set"):
         try:
-            load_case(case)
+            read_case(case)
         except InputError as err:
             problems.extend(err.problems)
     if problems:

@@ -32,7 +32,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset, Sampler
 
 from hecktor.config import AugmentConfig
-from hecktor.data.preprocess import load_case
+from hecktor.data.preprocess import load_prepared
 
 set_track_meta(False)  # plain tensors: MetaTensor bookkeeping slows the loop and is not needed
 
@@ -68,7 +68,7 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         patient = self.patients[index]
-        case = load_case(self.root, patient)
+        case = load_prepared(self.root, patient)
         item: dict = {"image": np.array(case.image, dtype=np.float32), "patient": patient}
         if case.label is None and not self.allow_unlabelled:
             raise ValueError(f"{patient}: no label in {self.root / patient}")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from hecktor import io
 from hecktor.config import PrepareConfig
 from hecktor.data import layout
-from hecktor.data.layout import CaseImages, InputError, Problem
+from hecktor.data.layout import InputError, Problem, RawCase
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def normalise_pet(pet: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 @dataclass
-class Prepared:
+class PreparedCase:
     """One preprocessed case: (2, Z, Y, X) float32 [CT, PET], label (Z, Y, X) or None, metadata."""
 
     image: np.ndarray
@@ -150,7 +150,7 @@ class Prepared:
     meta: dict
 
 
-def preprocess(case: CaseImages, cfg: PrepareConfig) -> Prepared:
+def preprocess(case: RawCase, cfg: PrepareConfig) -> PreparedCase:
     """Apply the recipe to one patient's images."""
     grid, centre = crop_grid(case.ct, case.pet, cfg)
     interp = sitk.sitkBSpline if cfg.interpolator == "bspline" else sitk.sitkLinear
@@ -184,7 +184,7 @@ def preprocess(case: CaseImages, cfg: PrepareConfig) -> Prepared:
         "suv_max": suv_max,
         "lesion_volume_kept": kept,
     }
-    return Prepared(image, label, meta)
+    return PreparedCase(image, label, meta)
 
 
 def to_original_grid(mask: np.ndarray, grid: Geometry, original: Geometry) -> sitk.Image:
@@ -202,7 +202,7 @@ def to_original_grid(mask: np.ndarray, grid: Geometry, original: Geometry) -> si
 # --------------------------------------------------------------------------- storage
 
 
-def save_case(folder: Path, prepared: Prepared) -> None:
+def save_case(folder: Path, prepared: PreparedCase) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "image.npy", prepared.image)
     if prepared.label is not None:
@@ -210,20 +210,20 @@ def save_case(folder: Path, prepared: Prepared) -> None:
     (folder / "meta.json").write_text(json.dumps(prepared.meta, indent=1))
 
 
-def load_case(root: Path | str, patient: str, mmap: bool = True) -> Prepared:
+def load_prepared(root: Path | str, patient: str, mmap: bool = True) -> PreparedCase:
     """Read a prepared case; arrays are memory-mapped by default (fast random crops)."""
     folder = Path(root) / patient
     mode = "r" if mmap else None
     image = np.load(folder / "image.npy", mmap_mode=mode)
     label_path = folder / "label.npy"
     label = np.load(label_path, mmap_mode=mode) if label_path.is_file() else None
-    return Prepared(image, label, json.loads((folder / "meta.json").read_text()))
+    return PreparedCase(image, label, json.loads((folder / "meta.json").read_text()))
 
 
-def _process(args: tuple[layout.Case, PrepareConfig, Path]) -> tuple[str, list[Problem]]:
+def _process(args: tuple[layout.CaseFiles, PrepareConfig, Path]) -> tuple[str, list[Problem]]:
     case, cfg, out = args
     try:
-        images = layout.load_case(case)
+        images = layout.read_case(case)
     except InputError as err:
         return case.patient, err.problems
     try:
@@ -277,7 +277,7 @@ def prepare_release(release_root: Path | str, out: Path | str, cfg: PrepareConfi
             index["CenterID"] = [
                 centres.get(p, c) for p, c in zip(patients, index["CenterID"], strict=True)
             ]
-        kept = {p: load_case(tmp, p).meta["lesion_volume_kept"] for p in patients}
+        kept = {p: load_prepared(tmp, p).meta["lesion_volume_kept"] for p in patients}
         index["lesion_volume_kept"] = [kept[p] for p in patients]
         cut = index[index["lesion_volume_kept"].fillna(1.0) < 0.9]
         for patient, value in zip(cut["PatientID"], cut["lesion_volume_kept"], strict=True):

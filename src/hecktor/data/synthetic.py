@@ -78,7 +78,7 @@ HPV_INTERCEPT = 1.85
 
 
 @dataclass
-class Patient:
+class SyntheticPatient:
     """Latent truth of one synthetic patient, drawn before any image is rendered."""
 
     pid: str
@@ -115,7 +115,7 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def draw_patient(index: int, cfg: SynthConfig) -> Patient:
+def draw_patient(index: int, cfg: SynthConfig) -> SyntheticPatient:
     """Draw one patient's latent anatomy, clinical data and outcome; deterministic in (seed, index)."""
     rng = np.random.default_rng([cfg.seed, index])
     names = list(cfg.centres)
@@ -203,7 +203,7 @@ def draw_patient(index: int, cfg: SynthConfig) -> Patient:
         flip = np.diag([-1.0, -1.0, 1.0]) if rng.random() < 0.5 else np.eye(3)
         direction = tuple((flip @ _rotation(rng, 8)).ravel())
 
-    return Patient(
+    return SyntheticPatient(
         pid, centre, int(rng.integers(2**31)), brain, scale, site, lobes, lobe_wobble, nodes,
         suv_primary, age, male, smoker, alcohol, performance, m_stage, treatment,
         hpv_probability, hpv, log_hazard, float(rfs), relapse, direction,
@@ -267,7 +267,7 @@ _HU = np.array([-1000, -95, 42, 32, -25, 38, 48, 850, 420, -990, 58, 50, 20], dt
 _SUV = np.array([0, 0.35, 0.9, 8.5, 2.6, 2.9, 4.2, 0.6, 0.6, 0.05, 0, 0, 0], dtype=np.float32)
 
 
-def _anatomy(p: Patient, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _anatomy(p: SyntheticPatient, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tissue codes (Z, Y, X) plus the primary's and nodes' normalised distance fields."""
     b, s = p.brain, p.scale
     x, y, z = grid.points()
@@ -329,7 +329,7 @@ def _anatomy(p: Patient, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return codes, primary, node_dist
 
 
-def render_ct(p: Patient, grid: _Grid, rng: np.random.Generator, noise_hu: float):
+def render_ct(p: SyntheticPatient, grid: _Grid, rng: np.random.Generator, noise_hu: float):
     """CT in HU (float32) and the label (uint8: 1 GTVp, 2 GTVn) on the same grid."""
     codes, _, _ = _anatomy(p, grid)
     ct = _HU[codes] + rng.normal(0, noise_hu, codes.shape).astype(np.float32)
@@ -339,7 +339,7 @@ def render_ct(p: Patient, grid: _Grid, rng: np.random.Generator, noise_hu: float
     return np.clip(ct, -1024, 3000), label
 
 
-def render_suv(p: Patient, grid: _Grid) -> np.ndarray:
+def render_suv(p: SyntheticPatient, grid: _Grid) -> np.ndarray:
     """Noise-free SUV on a grid (before PSF, noise and calibration)."""
     codes, primary, node_dist = _anatomy(p, grid)
     suv = _SUV[codes]
@@ -359,7 +359,7 @@ def render_suv(p: Patient, grid: _Grid) -> np.ndarray:
     return suv
 
 
-def _pet_image(p: Patient, c: Centre, cfg: SynthConfig, ct_grid, rng) -> sitk.Image:
+def _pet_image(p: SyntheticPatient, c: Centre, cfg: SynthConfig, ct_grid, rng) -> sitk.Image:
     """Render PET at twice its resolution, average, blur by the PSF, add noise and calibrate."""
     spacing = np.array(cfg.pet_spacing_mm) * c.pet_spacing
     ct_size, ct_spacing = ct_grid
@@ -384,7 +384,9 @@ def _pet_image(p: Patient, c: Centre, cfg: SynthConfig, ct_grid, rng) -> sitk.Im
     return image
 
 
-def render_patient(p: Patient, cfg: SynthConfig) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+def render_patient(
+    p: SyntheticPatient, cfg: SynthConfig
+) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
     """CT (int16 HU), PET (float32 SUV-like) and label (uint8) images of one patient."""
     c = CENTRES[p.centre]
     rng = np.random.default_rng(p.seed)
@@ -419,7 +421,7 @@ def _missing(rng: np.random.Generator, value, rate: float):
     return None if rng.random() < rate else value
 
 
-def clinical_rows(patients: list[Patient], seed: int) -> pd.DataFrame:
+def clinical_rows(patients: list[SyntheticPatient], seed: int) -> pd.DataFrame:
     """Clinical values with realistic missingness (centre-dependent for alcohol)."""
     rng = np.random.default_rng([seed, 10**6])
     rows = []
@@ -446,7 +448,7 @@ def clinical_rows(patients: list[Patient], seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _write_patient(args: tuple[Patient, SynthConfig, Path, tuple[int, ...]]) -> str:
+def _write_patient(args: tuple[SyntheticPatient, SynthConfig, Path, tuple[int, ...]]) -> str:
     """Render one patient and write it into each task folder it belongs to.
 
     The first task folder gets the files; the others get hard links to them (same bytes, as in the

@@ -77,7 +77,7 @@ class Predictor:
         return model_from(task, state, self.device), state.get("task", {}), member
 
     def __call__(
-        self, images: layout.CaseImages, clinical: dict[str, object]
+        self, images: layout.RawCase, clinical: dict[str, object]
     ) -> tuple[sitk.Image, dict[str, object]]:
         """The mask on the patient's CT grid and the patient's row of predictions."""
         patient = images.patient
@@ -125,7 +125,7 @@ class Predictor:
 
 
 @dataclass(frozen=True)
-class Patient:
+class NewPatient:
     """A new patient's image files and clinical values (any of them may be missing)."""
 
     patient: str
@@ -156,7 +156,7 @@ def _modality(folder: Path, patient: str, tags: tuple[str, ...]) -> Path | None:
 class Found:
     """The patients of an input folder, and the clinical rows that match none of them."""
 
-    patients: list[Patient]
+    patients: list[NewPatient]
     unused_rows: list[str]
     clinical_source: str
 
@@ -262,7 +262,7 @@ def find_patients(
                 mine.append(Problem(pid, Path(clinical) if clinical else root, "no clinical "
                                     "row for this patient (add one: empty cells are unknown; or "
                                     "use --no-clinical)"))  # fmt: skip
-        patients.append(Patient(pid, ct, pet, values, tuple(dict.fromkeys(mine))))
+        patients.append(NewPatient(pid, ct, pet, values, tuple(dict.fromkeys(mine))))
     for problem in table_problems:
         if problem.patient not in found:
             log.warning("%s", problem)
@@ -271,14 +271,14 @@ def find_patients(
     return Found(patients, unused, source)
 
 
-def read_images(patient: Patient) -> layout.CaseImages:
+def read_images(patient: NewPatient) -> layout.RawCase:
     """Read and check one patient's CT and PET; raise :class:`InputError` naming everything wrong
     with the patient at once (its files and its clinical row)."""
     problems = list(patient.problems)
     images = None
     if patient.ct and patient.pet and patient.ct.is_file() and patient.pet.is_file():
         try:
-            images = layout.load_case(layout.Case(patient.patient, 0, patient.ct, patient.pet))
+            images = layout.read_case(layout.CaseFiles(patient.patient, 0, patient.ct, patient.pet))
         except InputError as err:
             problems += err.problems
     if problems or images is None:
@@ -299,7 +299,7 @@ def _models_key(described: dict[str, dict]) -> str:
     return json.dumps({t: m["digest"] for t, m in described.items()}, sort_keys=True)
 
 
-def input_key(models: str, patient: Patient) -> str | None:
+def input_key(models: str, patient: NewPatient) -> str | None:
     """What a finished patient's result depends on: the models, the bytes of its CT and PET and
     its clinical row. None when its files cannot be read (it is then predicted, and fails)."""
     if patient.problems or patient.ct is None or patient.pet is None:
@@ -432,7 +432,7 @@ def predict_container(
     if problems:
         raise InputError(problems)
     clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
-    images = layout.CaseImages(data.patient, data.ct, data.pet, None)
+    images = layout.RawCase(data.patient, data.ct, data.pet, None)
     with tempfile.TemporaryDirectory(prefix="hecktor-predict-") as work:
         mask, row = Predictor(bundles, Path(work), device)(images, clinical)
     return layout.write_container_outputs(
