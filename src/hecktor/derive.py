@@ -30,7 +30,7 @@ from hecktor import io
 from hecktor.checkpoints import load_checkpoint, load_trained, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data.preprocess import load_prepared
-from hecktor.data.splits import folds_of, load_splits, task_folds
+from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import files_digest, training_code
 from hecktor.prediction import remove_small_lesions
@@ -68,21 +68,14 @@ def logits_of(
     device = resolve_device(cfg.hpv.train.device)
     autocast = autocast_for(precision_for(cfg.hpv.train.precision, device), device)
     _, test = task_folds(cfg, "hpv")
-    oof, tested = [], []
-    for fold in models:
-        task.load_state({"encoder": fold.encoder})
-        values = task.logits(fold.model, fold.val, device, autocast, unknown)
-        oof += [
-            {"PatientID": p, "fold": fold.name, "kind": fold.kind, "logit": v}
-            for p, v in zip(fold.val, values, strict=True)
-        ]
-        if test and fold.kind == "kfold":
-            values = task.logits(fold.model, test, device, autocast, unknown)
-            tested += [
-                {"PatientID": p, "fold": fold.name, "logit": v}
-                for p, v in zip(test, values, strict=True)
-            ]
-    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
+    by_name = {m.name: m for m in models}
+
+    def fit(fold: tuple[str, str, list[str], list[str]]):
+        model = by_name[fold[0]]
+        task.load_state({"encoder": model.encoder})
+        return lambda patients: task.logits(model.model, patients, device, autocast, unknown)
+
+    return fold_predictions([(m.name, m.kind, m.train, m.val) for m in models], test, fit, "logit")
 
 
 def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:

@@ -67,3 +67,33 @@ def test_split_file_from_prepared_data(tmp_path, prepared_dir, split_cfg):
     assert len(result["task3"]["test"]) == max(
         1, round(split_cfg.test_fraction * result["task3"]["patients"])
     )
+
+
+def test_fold_predictions_score_each_fold_on_its_own_patients_and_kfold_models_on_the_test_set():
+    from hecktor.data.splits import fold_predictions
+
+    folds = [
+        ("fold-0", "kfold", ["A", "B"], ["C"]),
+        ("fold-1", "kfold", ["A", "C"], ["B"]),
+        ("loco-X", "loco", ["B", "C"], ["A"]),
+    ]
+    fitted = []
+
+    def fit(fold):
+        fitted.append(fold[0])
+        offset = len(fitted)  # each fold's own model
+        return lambda patients: [offset + ord(p) for p in patients]
+
+    oof, test = fold_predictions(folds, ["T"], fit, "risk")
+    assert fitted == ["fold-0", "fold-1", "loco-X"]
+    assert oof.to_dict("records") == [
+        {"PatientID": "C", "fold": "fold-0", "kind": "kfold", "risk": 1 + ord("C")},
+        {"PatientID": "B", "fold": "fold-1", "kind": "kfold", "risk": 2 + ord("B")},
+        {"PatientID": "A", "fold": "loco-X", "kind": "loco", "risk": 3 + ord("A")},
+    ]
+    assert test.to_dict("records") == [  # the leave-one-centre-out model is not a test member
+        {"PatientID": "T", "fold": "fold-0", "risk": 1 + ord("T")},
+        {"PatientID": "T", "fold": "fold-1", "risk": 2 + ord("T")},
+    ]
+    empty_oof, empty_test = fold_predictions(folds[:1], [], fit, "logit")
+    assert list(empty_test.columns) == ["PatientID", "fold", "logit"] and empty_test.empty

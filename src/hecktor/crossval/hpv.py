@@ -27,7 +27,7 @@ from sklearn.metrics import roc_curve
 from hecktor import io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
-from hecktor.data.splits import folds_of, load_splits, task_folds
+from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
 from hecktor.derive import load_models, logits_of
 from hecktor.tasks import HPVTask
 
@@ -69,21 +69,12 @@ def baseline_logits(
     task: HPVTask, folds, test: list[str], unknown: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Logistic regression on the clinical encoding, fold by fold, as the network."""
-    oof, tested = [], []
-    for name, kind, train_ids, val_ids in folds:
-        decide = _fit_baseline(task, train_ids)
-        values = decide(val_ids, unknown)
-        oof += [
-            {"PatientID": p, "fold": name, "kind": kind, "logit": v}
-            for p, v in zip(val_ids, values, strict=True)
-        ]
-        if test and kind == "kfold":
-            values = decide(test, unknown)
-            tested += [
-                {"PatientID": p, "fold": name, "logit": v}
-                for p, v in zip(test, values, strict=True)
-            ]
-    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "logit"])
+
+    def fit(fold: tuple[str, str, list[str], list[str]]):
+        decide = _fit_baseline(task, fold[2])
+        return lambda patients: decide(patients, unknown)
+
+    return fold_predictions(folds, test, fit, "logit")
 
 
 def summarise(task: HPVTask, oof: pd.DataFrame, test: pd.DataFrame) -> dict:

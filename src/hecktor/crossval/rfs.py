@@ -30,7 +30,7 @@ from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
 from hecktor.data.preprocess import load_prepared
-from hecktor.data.splits import folds_of, load_splits, task_folds
+from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
 from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.tasks import RFSTask
@@ -79,25 +79,14 @@ def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, 
     device = resolve_device(cfg.rfs.train.device)
     autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
     folds, test = task_folds(cfg, "rfs")
-    oof, tested = [], []
-    for name, kind, train_ids, val_ids in folds:
+
+    def fit(fold: tuple[str, str, list[str], list[str]]):
+        name, _, train_ids, _ = fold
         model, _ = load_trained(task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", device)
         mean, std = task.risk_scale(model, train_ids, device, autocast)
+        return lambda patients: (task.risks(model, patients, device, autocast) - mean) / std
 
-        def standard(values: np.ndarray, mean: float = mean, std: float = std) -> np.ndarray:
-            return (values - mean) / std
-
-        risk = standard(task.risks(model, val_ids, device, autocast))
-        oof += [
-            {"PatientID": p, "fold": name, "kind": kind, "risk": r}
-            for p, r in zip(val_ids, risk, strict=True)
-        ]
-        if test and kind == "kfold":
-            risk = standard(task.risks(model, test, device, autocast))
-            tested += [
-                {"PatientID": p, "fold": name, "risk": r} for p, r in zip(test, risk, strict=True)
-            ]
-    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "risk"])
+    return fold_predictions(folds, test, fit, "risk")
 
 
 def baseline_risks(
@@ -108,11 +97,12 @@ def baseline_risks(
     features = (
         pd.DataFrame({p: image_features(task, p) for p in patients}).T if with_images else None
     )
-    oof, tested = [], []
-    for name, kind, train_ids, val_ids in folds:
+
+    def fit(fold: tuple[str, str, list[str], list[str]]):
+        train_ids = fold[2]
         encoder = ClinicalEncoder.fit(RFS_VARIABLES, task.frame(train_ids, "pred"))
 
-        def design(ids: list[str], encoder: ClinicalEncoder = encoder) -> pd.DataFrame:
+        def design(ids: list[str]) -> pd.DataFrame:
             x = pd.DataFrame(
                 encoder.transform(task.frame(ids, "pred")), columns=encoder.columns, index=ids
             )
@@ -130,17 +120,9 @@ def baseline_risks(
             E=task.table.loc[train_ids, "Relapse"].to_numpy(),
         )
         model = CoxPHFitter(penalizer=0.1).fit(frame, duration_col="T", event_col="E")
-        risk = model.predict_log_partial_hazard(design(val_ids)[keep]).to_numpy()
-        oof += [
-            {"PatientID": p, "fold": name, "kind": kind, "risk": r}
-            for p, r in zip(val_ids, risk, strict=True)
-        ]
-        if test and kind == "kfold":
-            risk = model.predict_log_partial_hazard(design(test)[keep]).to_numpy()
-            tested += [
-                {"PatientID": p, "fold": name, "risk": r} for p, r in zip(test, risk, strict=True)
-            ]
-    return pd.DataFrame(oof), pd.DataFrame(tested, columns=["PatientID", "fold", "risk"])
+        return lambda ids: model.predict_log_partial_hazard(design(ids)[keep]).to_numpy()
+
+    return fold_predictions(folds, test, fit, "risk")
 
 
 def summarise(task: RFSTask, oof: pd.DataFrame, test: pd.DataFrame, resamples: int) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hecktor import baselines, evaluation, io, metrics, reports, tracking
 from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
-from hecktor.config import Config
+from hecktor.config import Config, SegConfig
 from hecktor.data import layout
 from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
 from hecktor.data.splits import folds_of, load_splits
@@ -29,6 +29,7 @@ from hecktor.tasks import SegmentationTask
 log = logging.getLogger(__name__)
 
 SEG_METRICS = ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score")
+VARIANTS = ("best", "best_pp", "swa", "swa_pp", "baseline")
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -46,57 +47,56 @@ def _write_mask(path: Path, labels: np.ndarray, meta: dict) -> None:
     io.write_image(path, image)
 
 
-def crossval_seg(cfg: Config, track: bool = True) -> dict:
-    """Predict, score and compare; writes predictions, ``metrics/seg.json``, plots and a report."""
+def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
+    """Write every validation patient's masks, per variant and with the baseline, into
+    ``pred_root`` (with links to the true masks); returns the cases the figure shows."""
     seg = cfg.seg
     task = SegmentationTask(seg, cfg.paths.prepared)
-    folds = folds_of(load_splits(cfg.paths.splits), "seg", seg.split, seg.folds)
     model_root = Path(cfg.paths.models) / "seg"
     release = layout.scan_release(cfg.paths.release)
     labels = {c.patient: c.label for c in release.cases.get(1, [])}
     device = resolve_device(seg.train.device)
     autocast = autocast_for(precision_for(seg.train.precision, device), device)
-    variants = ["best", "best_pp", "swa", "swa_pp", "baseline"]
-    figure_cases = []
-    pred_root = Path(cfg.paths.predictions) / "seg"
-    with io.atomic_dir(pred_root, "crossval seg") as tmp:
-        for name, _, val_ids in folds:
-            models = {}
-            for variant in ("best", "swa"):
-                path = model_root / name / f"{variant}.pt"
-                if path.is_file():
-                    models[variant] = model_from(task, load_checkpoint(path, device), device)
-            if "best" not in models:
-                raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
-            for patient in val_ids:
-                case = load_prepared(cfg.paths.prepared, patient)
-                _link(labels[patient], tmp / "truth" / f"{patient}.nii.gz")
-                for variant, model in models.items():
-                    raw = task.predict(model, case.image, device, autocast)
-                    cleaned = remove_small_lesions(raw, seg.min_lesion_mm3, task.voxel_mm3)
-                    _write_mask(tmp / variant / f"{patient}.nii.gz", raw, case.meta)
-                    _write_mask(tmp / f"{variant}_pp" / f"{patient}.nii.gz", cleaned, case.meta)
-                    shown = variant == "swa" or "swa" not in models
-                    if shown and len(figure_cases) < seg.figure_cases:
-                        pet = np.asarray(case.image[1])
-                        figure_cases.append((patient, pet, cleaned, np.asarray(case.label)))
-                suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
-                base = baselines.pet_threshold(
-                    suv, task.voxel_mm3, seg.baseline_suv, seg.min_lesion_mm3
-                )
-                _write_mask(tmp / "baseline" / f"{patient}.nii.gz", base, case.meta)
-            del models
+    figure_cases: list[tuple] = []
+    for name, _, val_ids in folds:
+        models = {}
+        for variant in ("best", "swa"):
+            path = model_root / name / f"{variant}.pt"
+            if path.is_file():
+                models[variant] = model_from(task, load_checkpoint(path, device), device)
+        if "best" not in models:
+            raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
+        for patient in val_ids:
+            case = load_prepared(cfg.paths.prepared, patient)
+            _link(labels[patient], pred_root / "truth" / f"{patient}.nii.gz")
+            for variant, model in models.items():
+                raw = task.predict(model, case.image, device, autocast)
+                cleaned = remove_small_lesions(raw, seg.min_lesion_mm3, task.voxel_mm3)
+                _write_mask(pred_root / variant / f"{patient}.nii.gz", raw, case.meta)
+                _write_mask(pred_root / f"{variant}_pp" / f"{patient}.nii.gz", cleaned, case.meta)
+                shown = variant == "swa" or "swa" not in models
+                if shown and len(figure_cases) < seg.figure_cases:
+                    pet = np.asarray(case.image[1])
+                    figure_cases.append((patient, pet, cleaned, np.asarray(case.label)))
+            suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
+            base = baselines.pet_threshold(
+                suv, task.voxel_mm3, seg.baseline_suv, seg.min_lesion_mm3
+            )
+            _write_mask(pred_root / "baseline" / f"{patient}.nii.gz", base, case.meta)
+        del models
+    return figure_cases
+
+
+def _score(pred_root: Path, network: str) -> dict:
+    """Score every variant's masks against the truth; the result ``metrics/seg.json`` holds."""
     scores = {}
-    for variant in variants:
+    for variant in VARIANTS:
         if (pred_root / variant).is_dir():
             scores[variant] = evaluation.evaluate_segmentation(
                 pred_root / variant, pred_root / "truth"
             )
             io.write_json(pred_root / variant / "metrics.json", scores[variant])
-    # the registered variant: the folds' final weights (as training recorded them), post-processed
-    finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
-    network = "swa_pp" if finals == {"swa"} else "best_pp"
-    result = {
+    return {
         "network": network,
         "n_patients": scores[network]["n_patients"],
         "variants": {v: {k: scores[v][k] for k in SEG_METRICS} for v in scores},
@@ -106,13 +106,20 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
         "per_centre": scores[network]["per_centre"],
         "baseline_per_centre": scores["baseline"]["per_centre"],
     }
-    io.write_json(Path(cfg.paths.metrics) / "seg.json", result)
-    figure = reports.mip_figure(figure_cases)
-    plots = Path(cfg.paths.plots) / "seg"
-    plots.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(plots / "mip.png") as tmp_png:
-        figure.savefig(tmp_png, dpi=90, format="png")
+
+
+def render_report(result: dict, seg: SegConfig) -> str:
+    network = result["network"]
     rows = [{"variant": v, **result["variants"][v]} for v in result["variants"]]
+    against = [
+        {
+            "metric": k,
+            "network": result["variants"][network][k],
+            "baseline": result["variants"]["baseline"][k],
+            "winner": result["winner"][k],
+        }
+        for k in SEG_METRICS
+    ]
     lines = [
         "# Task 1: segmentation",
         "",
@@ -124,23 +131,32 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
         "",
         f"Network ({network}) against the baseline, metric by metric:",
         "",
-        reports.markdown_table(
-            [
-                {
-                    "metric": k,
-                    "network": result["variants"][network][k],
-                    "baseline": result["variants"]["baseline"][k],
-                    "winner": result["winner"][k],
-                }
-                for k in SEG_METRICS
-            ],
-            ["metric", "network", "baseline", "winner"],
-        ),
+        reports.markdown_table(against, ["metric", "network", "baseline", "winner"]),
         "",
         "![MIPs of PET, prediction and truth](../plots/seg/mip.png)",
         "",
     ]
-    io.write_text(Path(cfg.paths.reports) / "seg.md", "\n".join(lines))
+    return "\n".join(lines)
+
+
+def crossval_seg(cfg: Config, track: bool = True) -> dict:
+    """Predict, score and compare; writes predictions, ``metrics/seg.json``, plots and a report."""
+    seg = cfg.seg
+    folds = folds_of(load_splits(cfg.paths.splits), "seg", seg.split, seg.folds)
+    model_root = Path(cfg.paths.models) / "seg"
+    pred_root = Path(cfg.paths.predictions) / "seg"
+    with io.atomic_dir(pred_root, "crossval seg") as tmp:
+        figure_cases = _predict(cfg, folds, tmp)
+    # the registered variant: the folds' final weights (as training recorded them), post-processed
+    finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
+    result = _score(pred_root, "swa_pp" if finals == {"swa"} else "best_pp")
+    io.write_json(Path(cfg.paths.metrics) / "seg.json", result)
+    figure = reports.mip_figure(figure_cases)
+    plots = Path(cfg.paths.plots) / "seg"
+    plots.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(plots / "mip.png") as tmp_png:
+        figure.savefig(tmp_png, dpi=90, format="png")
+    io.write_text(Path(cfg.paths.reports) / "seg.md", render_report(result, seg))
     if track:
         experiment = tracking.experiment("hecktor-seg", cfg.paths.mlruns)
         with tracking.run(experiment, "evaluate_seg", tracking.run_tags(cfg, seg.split)) as run:
@@ -149,10 +165,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
             run.log_figure(figure, "mip.png")
             run.log_dict(result, "seg.json")
     plt.close(figure)
-    log.info(
-        "Task 1 (%s): %s", network, {k: round(v, 4) for k, v in result["variants"][network].items()}
-    )
-    log.info(
-        "Task 1 baseline: %s", {k: round(v, 4) for k, v in result["variants"]["baseline"].items()}
-    )
+    for label in (result["network"], "baseline"):
+        values = {k: round(v, 4) for k, v in result["variants"][label].items()}
+        log.info("Task 1 (%s): %s", label, values)
     return result

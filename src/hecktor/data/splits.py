@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,32 @@ def task_folds(
     if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
         folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, task, "loco")]
     return folds, list(splits[TASK_SPLIT_KEY[task]].get("test", []))
+
+
+def fold_predictions(
+    folds: Sequence[tuple[str, str, list[str], list[str]]],
+    test: Sequence[str],
+    fit: Callable[[tuple[str, str, list[str], list[str]]], Callable[[list[str]], Sequence[float]]],
+    column: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fold model's values on its validation patients (out of fold) and, for k-fold models,
+    on the test patients: ``fit(fold)`` gives the fold's predictor (patients -> one value each).
+
+    Returns ``PatientID, fold, kind, <column>`` (one row per validation patient) and
+    ``PatientID, fold, <column>`` (one row per k-fold model and test patient).
+    """
+    oof, tested = [], []
+    for fold in folds:
+        name, kind, _, val_ids = fold
+        predict = fit(fold)
+        values = predict(list(val_ids))
+        oof += [{"PatientID": p, "fold": name, "kind": kind, column: v}
+                for p, v in zip(val_ids, values, strict=True)]  # fmt: skip
+        if test and kind == "kfold":
+            values = predict(list(test))
+            tested += [{"PatientID": p, "fold": name, column: v}
+                       for p, v in zip(test, values, strict=True)]  # fmt: skip
+    return (
+        pd.DataFrame(oof, columns=["PatientID", "fold", "kind", column]),
+        pd.DataFrame(tested, columns=["PatientID", "fold", column]),
+    )

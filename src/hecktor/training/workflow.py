@@ -43,6 +43,58 @@ def resume_key(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], d
     return json_digest({"task": settings, "data": data, "fold": fold, "code": training_code()})
 
 
+def _remove_stale_folds(out_root: Path, keep: set[str]) -> None:
+    """Remove fold folders of an earlier split (this command wrote them)."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    for stale in out_root.iterdir():
+        if stale.is_dir() and stale.name not in keep | {"resume"}:
+            shutil.rmtree(stale)
+
+
+def _resumed_run(run_file: Path, key: str) -> str | None:
+    """The MLflow run of a fold trained under the same key (to continue it after a kill)."""
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    return previous.get("run_id") if previous.get("key") == key else None
+
+
+def _train_fold(runner, fold, task_cfg, fold_dir: Path, child: tracking.Tracker, key: str,
+                log_checkpoints: bool) -> dict:  # fmt: skip
+    """Train one fold, refine it by SWA, record its final weights; its ``summary.json`` entry
+    and its per-epoch history."""
+    name, train_ids, val_ids = fold
+    rank, _ = distributed()
+    child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
+    result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+    swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+    if rank == 0:
+        write_final(fold_dir, key, swa_ran=swa_metrics is not None)
+    child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
+    child.log_metrics({"best_epoch": result.best_epoch})
+    if swa_metrics:
+        child.log_metrics({f"swa_{k}": v for k, v in swa_metrics.items()})
+    for checkpoint in ("best.pt", "swa.pt") if log_checkpoints else ():
+        if (fold_dir / checkpoint).is_file():
+            child.log_artifact(fold_dir / checkpoint, "checkpoints")
+    entry = {
+        "train": len(train_ids), "val": len(val_ids), "best_epoch": result.best_epoch,
+        "best": result.best_metrics, "swa": swa_metrics,
+    }  # fmt: skip
+    return {"entry": entry, "history": [{"fold": name, **row} for row in result.history]}
+
+
+def _means(folds: dict[str, dict], prefixes: list[str]) -> dict[str, dict[str, float]]:
+    """Mean validation metrics over folds, per input mode and variant (best epoch, after SWA)."""
+    means = {}
+    for prefix in prefixes:
+        for variant in ("best", "swa"):
+            values = [f[variant] for n, f in folds.items() if f[variant] and n.startswith(prefix)]
+            if values:
+                means[f"{prefix}{variant}"] = {
+                    k: sum(v[k] for v in values) / len(values) for k in values[0]
+                }
+    return means
+
+
 def train(
     cfg: Config,
     task: str = "seg",
@@ -75,10 +127,7 @@ def train(
     )
     rank, _ = distributed()
     if rank == 0:
-        out_root.mkdir(parents=True, exist_ok=True)
-        for stale in out_root.iterdir():  # folds of an earlier split
-            if stale.is_dir() and stale.name not in {f[1][0] for f in runs} | {"resume"}:
-                shutil.rmtree(stale)
+        _remove_stale_folds(out_root, {fold[0] for _, fold in runs})
     data = prepared_digest(cfg.paths.prepared)
     fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
@@ -106,52 +155,25 @@ def train(
         parent.log_params(tracking.flatten({task: task_cfg.model_dump(mode="json")}))
         parent.log_dict(cfg.model_dump(mode="json"), "config.json")
         for prefix, fold in runs:
-            runner = runners[prefix]
-            name, train_ids, val_ids = fold
-            fold_dir = out_root / name
+            name = fold[0]
             key = resume_key(cfg, task, fold, f"{data}:{fingerprints[prefix]}")
             # MLflow run ids live beside the store, not in the DVC-tracked model folder
             run_file = resume_root / f"{name}.json"
-            previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
-            resume_id = previous.get("run_id") if previous.get("key") == key else None
-            with tracking.run(
-                experiment, name, tags, parent=parent, run_id=resume_id, enabled=enabled
-            ) as child:
+            with tracking.run(experiment, name, tags, parent=parent,
+                              run_id=_resumed_run(run_file, key), enabled=enabled) as child:  # fmt: skip
                 if rank == 0:
-                    fold_dir.mkdir(parents=True, exist_ok=True)
+                    (out_root / name).mkdir(parents=True, exist_ok=True)
                     if child.run_id:
                         io.write_json(run_file, {"run_id": child.run_id, "key": key})
-                child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
-                result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
-                swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
-                if rank == 0:
-                    write_final(fold_dir, key, swa_ran=swa_metrics is not None)
-                child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
-                child.log_metrics({"best_epoch": result.best_epoch})
-                if swa_metrics:
-                    child.log_metrics({f"swa_{k}": v for k, v in swa_metrics.items()})
-                for checkpoint in ("best.pt", "swa.pt") if out is None else ():  # not trials'
-                    if (fold_dir / checkpoint).is_file():
-                        child.log_artifact(fold_dir / checkpoint, "checkpoints")
-            summary["folds"][name] = {
-                "train": len(train_ids), "val": len(val_ids), "best_epoch": result.best_epoch,
-                "best": result.best_metrics, "swa": swa_metrics,
-            }  # fmt: skip
-            history += [{"fold": name, **row} for row in result.history]
+                trained = _train_fold(runners[prefix], fold, task_cfg, out_root / name, child, key,
+                                      log_checkpoints=out is None)  # fmt: skip
+            summary["folds"][name] = trained["entry"]
+            history += trained["history"]
             if on_fold is not None:
-                on_fold(len(summary["folds"]) - 1, name, fold_score(summary["folds"][name]))
-        means = {}
-        for prefix in modes:
-            for variant in ("best", "swa"):
-                values = [
-                    f[variant]
-                    for n, f in summary["folds"].items()
-                    if f[variant] and n.startswith(prefix)
-                ]
-                if values:
-                    label = f"{prefix}{variant}"
-                    means[label] = {k: sum(v[k] for v in values) / len(values) for k in values[0]}
-                    parent.log_metrics({f"mean_{label}_{k}": v for k, v in means[label].items()})
+                on_fold(len(summary["folds"]) - 1, name, fold_score(trained["entry"]))
+        means = _means(summary["folds"], modes)
+        for label, values in means.items():
+            parent.log_metrics({f"mean_{label}_{k}": v for k, v in values.items()})
         summary["mean"] = means
     if rank == 0:
         io.write_json(out_root / "summary.json", summary)
