@@ -236,16 +236,8 @@ def _config(args: argparse.Namespace) -> Config:
     return Config()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hecktor",
-        description="PET/CT head-and-neck cancer pipeline: segmentation, survival, HPV status.",
-        parents=[_common()],
-    )
-    common = _common(defaults=False)
-    parser.add_argument("--version", action="version", version=f"hecktor {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
+def _data_verbs(verbs, common: argparse.ArgumentParser) -> None:
+    """synth, validate, prepare, split, evaluate: data in, data or scores out."""
     p = verbs.add_parser("synth", parents=[common], help="write a synthetic HECKTOR release",
                          description="Write a synthetic release in the HECKTOR 2025 layout, and an oracle CSV.")  # fmt: skip
     p.add_argument("--out", help="release folder (default: paths.synthetic)")
@@ -298,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--out", required=True, help="metrics JSON to write")
         t.set_defaults(func=_evaluate)
 
+
+def _task_verbs(verbs, common: argparse.ArgumentParser) -> None:
+    """train, crossval, ablate, tune, derive: one task at a time."""
     task_verbs = (
         ("train", _train, TASK_HELP, "train a task's models on its split (then SWA)",
          "Train on every fold of the task's split, refine by SWA, track in MLflow. "
@@ -327,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--trials", type=int, help="trials in all (default: tune.<task>.trials)")
         p.set_defaults(func=func)
 
+
+def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
+    """register, export, predict: the models and new patients."""
     p = verbs.add_parser("register", parents=[common], help="bundle the trained models and register them in MLflow",
                          description="Bundle the Task 1, 3 and 2 models (weights, config, CV metrics, versions) and "
                          "register them as hecktor-seg, hecktor-hpv, hecktor-rfs. The alias 'champion' moves to a "
@@ -366,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device (default: a GPU if present)")
     p.set_defaults(func=_predict)
 
+
+def _project_verbs(verbs, common: argparse.ArgumentParser) -> None:
+    """report, ui: the project's results."""
     p = verbs.add_parser("report", parents=[common], help="one page with every task's results",
                          description="Gather metrics, baselines, oracle values, tuned values and figures into reports/index.md.")  # fmt: skip
     p.set_defaults(func=_report)
@@ -375,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.set_defaults(func=_ui)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hecktor",
+        description="PET/CT head-and-neck cancer pipeline: segmentation, survival, HPV status.",
+        parents=[_common()],
+    )
+    common = _common(defaults=False)
+    parser.add_argument("--version", action="version", version=f"hecktor {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_data_verbs, _task_verbs, _model_verbs, _project_verbs):
+        add(verbs, common)
     return parser
 
 
