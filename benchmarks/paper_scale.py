@@ -22,7 +22,7 @@ from monai.losses import DiceCELoss
 from hecktor.config import load_config
 from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
-from hecktor.models.segmentation import build_dynunet
+from hecktor.models.segmentation import build_segmenter, make_plan
 from hecktor.models.survival import SurvivalNet
 
 CUDA = torch.cuda.is_available()
@@ -80,7 +80,9 @@ def main() -> None:
             if CUDA:
                 torch.cuda.empty_cache()
             if task in ("seg", "hpv"):
-                unet = build_dynunet(patch, spacing, cfg.seg.base_filters, cfg.seg.max_filters)
+                plan = make_plan(cfg.seg.network, patch, spacing, cfg.seg.base_filters,
+                                 cfg.seg.max_filters)  # fmt: skip
+                unet = build_segmenter(plan)
                 model = (HPVNet(unet, 4, cfg.hpv.mlp_width) if task == "hpv" else unet).to(device)
                 batch = cfg.hpv.train.batch_size if task == "hpv" else cfg.seg.train.batch_size
                 size = tuple(min(p, v) for p, v in zip(cfg.hpv.patch_size, volume, strict=True))

@@ -26,7 +26,7 @@ from hecktor.config import load_config
 from hecktor.data.preprocess import load_prepared
 from hecktor.devices import autocast_for, cpu_supports_bf16
 from hecktor.metrics import dice
-from hecktor.models.segmentation import build_dynunet
+from hecktor.models.segmentation import build_segmenter, make_plan
 from hecktor.prediction import segment
 
 
@@ -60,7 +60,9 @@ def main() -> None:
     shape = tuple(round(c / s) for c, s in zip(reversed(cfg.prepare.crop_mm), spacing, strict=True))
     patch = tuple(min(p, s) for p, s in zip(cfg.seg.patch_size, shape, strict=True))
     torch.manual_seed(0)
-    model = build_dynunet(patch, spacing, cfg.seg.base_filters, cfg.seg.max_filters)
+    model = build_segmenter(
+        make_plan(cfg.seg.network, patch, spacing, cfg.seg.base_filters, cfg.seg.max_filters)
+    )
     print(f"profile {args.profile}: patch {patch}, volume {shape}, batch {cfg.seg.train.batch_size}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}")  # fmt: skip

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hecktor.models.segmentation import build_dynunet
+from hecktor.models.segmentation import build_segmenter, make_plan
 from hecktor.prediction import remove_small_lesions, segment, segment_probabilities
 
 
@@ -19,7 +19,7 @@ def test_remove_small_lesions_per_class_and_volume():
 
 def test_sliding_window_covers_a_volume_larger_than_the_patch():
     torch.manual_seed(0)
-    model = build_dynunet((16, 16, 16), (6.0, 6.0, 6.0), 4, 8).eval()
+    model = build_segmenter(make_plan("dynunet", (16, 16, 16), (6.0, 6.0, 6.0), 4, 8)).eval()
     image = np.random.default_rng(0).normal(size=(2, 24, 20, 18)).astype(np.float32)
     probs = segment_probabilities(model, image, (16, 16, 16))
     assert probs.shape == (3, 24, 20, 18)

@@ -129,10 +129,11 @@ class AugmentConfig(_Section):
 
 
 class SegConfig(_Section):
-    """Task 1: DynUNet on CT+PET, DiceCE, TrivialAugment, SWA, small-lesion removal."""
+    """Task 1: DynUNet (or SegResNet) on CT+PET, DiceCE, TrivialAugment, SWA, small-lesion removal."""
 
     split: Literal["holdout", "kfold", "loco"] = "holdout"
     folds: tuple[int, ...] | None = None  # which folds of the split to train (None = all)
+    network: Literal["dynunet", "segresnet"] = "dynunet"
     patch_size: tuple[int, int, int] = (192, 192, 192)  # voxels (z, y, x)
     base_filters: int = Field(32, ge=4)
     max_filters: int = Field(320, ge=4)

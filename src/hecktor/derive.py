@@ -53,7 +53,6 @@ def load_models(cfg: Config, task: HPVTask) -> list[FoldModel]:
     """Every trained Task 3 fold model (its final weights) with its clinical encoder."""
     device = resolve_device(cfg.hpv.train.device)
     folds, _ = task_folds(cfg, "hpv")
-    task.init = None  # fold weights replace the Task 1 start anyway
     out = []
     for name, kind, train_ids, val_ids in folds:
         model, state = load_trained(task, Path(cfg.paths.models) / "hpv" / name, device)

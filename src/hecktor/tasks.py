@@ -32,7 +32,7 @@ from hecktor.data.preprocess import load_prepared
 from hecktor.fingerprints import file_sha256
 from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
-from hecktor.models.segmentation import build_dynunet, divisor, plan
+from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.models.survival import SurvivalNet
 from hecktor.prediction import segment
 
@@ -46,6 +46,12 @@ def prepared_grid(prepared: Path | str) -> tuple[tuple[float, float, float], tup
     return spacing, tuple(int(v) for v in summary["shape_zyx"])  # type: ignore[return-value]
 
 
+def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> Plan:
+    """Task 1's network planned from the config, its patch clipped to the prepared volume."""
+    patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, shape, strict=True))
+    return make_plan(cfg.network, patch, spacing, cfg.base_filters, cfg.max_filters)
+
+
 class SegmentationTask:
     """Task 1: GTVp and GTVn from CT and PET, selected by the paper's score."""
 
@@ -55,12 +61,17 @@ class SegmentationTask:
         self.cfg = cfg
         self.prepared = Path(prepared)
         self.spacing, self.shape = prepared_grid(prepared)
-        self.patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, self.shape, strict=True))
         self.voxel_mm3 = float(np.prod(self.spacing))
         self.criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.plan = seg_plan(cfg, self.spacing, self.shape)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """The training patch and sliding window: the network's planned patch."""
+        return self.plan.patch
 
     def build_model(self) -> nn.Module:
-        return build_dynunet(self.patch, self.spacing, self.cfg.base_filters, self.cfg.max_filters)
+        return build_segmenter(self.plan)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
         transform = segmentation_transform(
@@ -75,7 +86,15 @@ class SegmentationTask:
         return None
 
     def state(self) -> dict:
-        return {}
+        return {"plan": self.plan.to_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """A trained network is rebuilt as it was planned, whatever the config says now."""
+        if "plan" in state:
+            self.plan = Plan.from_dict(state["plan"])
+
+    def warm_start(self, model: nn.Module) -> None:
+        return None
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         logits = model(batch["image"].to(device))
@@ -143,6 +162,13 @@ class HPVTask:
         self.table = read_clinical(prepared)
         self.encoder = ClinicalEncoder(HPV_VARIABLES)
         self.init = init if cfg.init_from_seg else None
+        # planned as Task 1's network, so its weights fit; the input may be larger than that patch
+        self.plan = (
+            Plan.from_dict(load_checkpoint(self.init)["task"]["plan"])
+            if self.init is not None and self.init.is_file()
+            else seg_plan(seg, self.spacing, self.shape)
+        )
+        self._check_sizes()
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.cls_loss = nn.BCEWithLogitsLoss()
         # set to a dict to keep encoder features by (model, patient): the ablation scores the same
@@ -152,28 +178,30 @@ class HPVTask:
     def setup(self, train_patients: Sequence[str]) -> None:
         self.encoder = ClinicalEncoder.fit(HPV_VARIABLES, self.table.loc[list(train_patients)])
 
+    def _check_sizes(self) -> None:
+        self.plan.check(self.patch, "hpv.patch_size")
+        self.plan.check(self.shape, "the prepared shape (prepare.crop_mm / prepare.spacing_mm)")
+
     def state(self) -> dict:
-        return {"encoder": self.encoder.to_dict()}
+        return {"encoder": self.encoder.to_dict(), "plan": self.plan.to_dict()}
 
     def load_state(self, state: dict) -> None:
         self.encoder = ClinicalEncoder.from_dict(state["encoder"])
+        if "plan" in state:
+            self.plan = Plan.from_dict(state["plan"])
 
     def labels(self, patients: Sequence[str]) -> np.ndarray:
         return self.table.loc[list(patients), "HPV Status"].to_numpy(dtype=np.float32)
 
     def build_model(self) -> nn.Module:
-        # planned as Task 1's network, so its weights fit; the input may be larger than that patch
-        arch = tuple(min(p, s) for p, s in zip(self.seg.patch_size, self.shape, strict=True))
-        unet = build_dynunet(arch, self.spacing, self.seg.base_filters, self.seg.max_filters)
-        need = divisor(plan(arch, self.spacing)[1])
-        for size in (self.patch, self.shape):
-            if any(p % d for p, d in zip(size, need, strict=True)):
-                raise ValueError(
-                    f"hpv.patch_size and the prepared shape must be divisible by {tuple(need)}, got {size}"
-                )
+        return HPVNet(
+            build_segmenter(self.plan), self.encoder.width, self.cfg.mlp_width, self.cfg.dropout
+        )
+
+    def warm_start(self, model: nn.Module) -> None:
+        """Start a new training from the Task 1 weights (``hpv.init_from_seg``), if trained."""
         if self.init is not None and self.init.is_file():
-            unet.load_state_dict(load_checkpoint(self.init)["model"])
-        return HPVNet(unet, self.encoder.width, self.cfg.mlp_width, self.cfg.dropout)
+            model.segmenter.load_state_dict(load_checkpoint(self.init)["model"])  # type: ignore[union-attr]
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
         transform = segmentation_transform(
@@ -327,6 +355,9 @@ class RFSTask:
             if (self.inputs_dir / "key.txt").is_file()
             else "none"
         )
+
+    def warm_start(self, model: nn.Module) -> None:
+        return None
 
     def build_model(self) -> nn.Module:
         return SurvivalNet(

@@ -95,5 +95,6 @@ def test_fold_predictions_score_each_fold_on_its_own_patients_and_kfold_models_o
         {"PatientID": "T", "fold": "fold-0", "risk": 1 + ord("T")},
         {"PatientID": "T", "fold": "fold-1", "risk": 2 + ord("T")},
     ]
-    empty_oof, empty_test = fold_predictions(folds[:1], [], fit, "logit")
+    only_oof, empty_test = fold_predictions(folds[:1], [], fit, "logit")
+    assert only_oof["PatientID"].tolist() == ["C"]
     assert list(empty_test.columns) == ["PatientID", "fold", "logit"] and empty_test.empty

@@ -1,13 +1,15 @@
 import torch
 
 from hecktor.models.hpv import HPVNet, HPVOutput
-from hecktor.models.segmentation import build_dynunet
+from hecktor.models.segmentation import build_segmenter, make_plan
 
 
 def _net():
     torch.manual_seed(0)
     return HPVNet(
-        build_dynunet((16, 16, 16), (6.0, 6.0, 6.0), 4, 16), clinical_width=4, mlp_width=8
+        build_segmenter(make_plan("dynunet", (16, 16, 16), (6.0, 6.0, 6.0), 4, 16)),
+        clinical_width=4,
+        mlp_width=8,
     )
 
 
@@ -38,7 +40,7 @@ def test_encoder_only_inference_gives_the_full_models_logits():
 def test_encoder_only_skips_the_decoder():
     net = _net().eval()
     calls = []
-    net.unet.upsamples[0].register_forward_hook(lambda *a: calls.append(1))
+    net.segmenter.net.upsamples[0].register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
         net.logit(net.encode(torch.randn(1, 2, 16, 16, 16)), torch.randn(1, 4))
     assert calls == []

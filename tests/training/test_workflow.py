@@ -170,3 +170,40 @@ def test_checkpoints_are_keyed_by_code_and_training_settings_only(tiny_config, m
     assert workflow.resume_key(tiny_config, "seg", fold, "other data") != key
     monkeypatch.setattr(workflow, "training_code", lambda: "edited code")
     assert workflow.resume_key(tiny_config, "seg", fold, "data") != key
+
+
+@pytest.mark.slow
+def test_segresnet_trains_tasks_1_and_3_from_its_stored_plan(project_cfg):
+    """The second network runs the same chain: Task 1, then Task 3 from Task 1's weights; each
+    checkpoint carries its plan, and a later config cannot change a trained network."""
+    import torch
+
+    from hecktor.checkpoints import load_checkpoint, load_trained, trained_checkpoint
+    from hecktor.config import override
+    from hecktor.tasks import HPVTask, SegmentationTask
+
+    seg = override(project_cfg.seg, network="segresnet", base_filters=8)
+    cfg = override(project_cfg, seg=seg)
+    train(cfg, "seg", track=False)
+    seg_weights = trained_checkpoint(cfg.paths.models / "seg" / "holdout")
+    plan = load_checkpoint(seg_weights)["task"]["plan"]
+    assert plan["network"] == "segresnet" and plan["filters"][0] == 8
+
+    replanned = override(cfg, seg=override(seg, network="dynunet", base_filters=4))
+    model, _ = load_trained(
+        SegmentationTask(replanned.seg, cfg.paths.prepared),
+        cfg.paths.models / "seg" / "holdout",
+        torch.device("cpu"),
+    )
+    assert type(model).__name__ == "SegResNetSegmenter"  # rebuilt from the checkpoint's plan
+
+    task = HPVTask(cfg.hpv, cfg.seg, cfg.paths.prepared, seg_weights)
+    fresh = task.build_model()
+    task.warm_start(fresh)
+    start = load_checkpoint(seg_weights)["model"]
+    for name, value in fresh.segmenter.state_dict().items():
+        torch.testing.assert_close(value, start[name])
+    summary = train(cfg, "hpv", track=False)
+    assert set(summary["folds"]) == {f"fold-{i}" for i in range(cfg.split.folds)}
+    state = load_checkpoint(cfg.paths.models / "hpv" / "fold-0" / "best.pt")
+    assert state["task"]["plan"] == plan

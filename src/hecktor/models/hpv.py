@@ -1,4 +1,4 @@
-"""Task 3 network: the Task 1 DynUNet with a classification head on its bottleneck and clinical data.
+"""Task 3 network: the Task 1 network with a classification head on its bottleneck and clinical data.
 
 The bottleneck feature map is pooled (global mean and max, so any input size works), concatenated
 with a two-layer MLP embedding of the clinical variables, and a wide linear layer gives the HPV logit.
@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from monai.networks.nets import DynUNet
 from torch import nn
+
+from hecktor.models.segmentation import Segmenter
 
 
 class HPVOutput(NamedTuple):
@@ -25,11 +26,11 @@ class HPVOutput(NamedTuple):
 
 class HPVNet(nn.Module):
     def __init__(
-        self, unet: DynUNet, clinical_width: int, mlp_width: int = 32, dropout: float = 0.2
+        self, segmenter: Segmenter, clinical_width: int, mlp_width: int = 32, dropout: float = 0.2
     ) -> None:
         super().__init__()
-        self.unet = unet
-        channels = unet.filters[-1]
+        self.segmenter = segmenter
+        channels = segmenter.plan.channels
         self.clinical = nn.Sequential(
             nn.Linear(clinical_width, mlp_width),
             nn.ReLU(),
@@ -37,20 +38,10 @@ class HPVNet(nn.Module):
             nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels + mlp_width, 1))
-        self._features: torch.Tensor | None = None
-        unet.bottleneck.register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._features = output
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Bottleneck feature map from the encoder alone (no decoder)."""
-        out = self.unet.input_block(image)
-        for block in self.unet.downsamples:
-            out = block(out)
-        features = self.unet.bottleneck(out)
-        self._features = None  # the hook fired; nothing to hand to forward()
-        return features
+        return self.segmenter.encode(image)
 
     def logit(self, features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         """HPV logits from bottleneck features and clinical data (features can be reused)."""
@@ -59,7 +50,5 @@ class HPVNet(nn.Module):
         return self.head(fused).squeeze(1)
 
     def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> HPVOutput:
-        segmentation = self.unet(image)
-        features, self._features = self._features, None
-        assert features is not None, "the bottleneck hook did not fire"
+        segmentation, features = self.segmenter.forward_with_features(image)
         return HPVOutput(segmentation, self.logit(features, clinical))

@@ -70,6 +70,10 @@ class Task(Protocol):
         """Plain values saved beside the weights (what inference needs to rebuild the inputs)."""
         ...
 
+    def warm_start(self, model: nn.Module) -> None:
+        """Set a new training's initial weights (e.g. an upstream task's); resumes skip it."""
+        ...
+
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
 
     def validate(
@@ -441,6 +445,8 @@ def fit(
         state = None
     if state is None and loop.rank == 0:
         clear_fold(out)
+    if state is None:
+        task.warm_start(model)
     _barrier(loop.world)
     dataset = task.train_dataset(train_ids)
     if state is not None:
