@@ -52,7 +52,7 @@ def main() -> None:
     cases = release.cases[1][: args.cases]
     with tempfile.TemporaryDirectory() as tmp:
         bundles = load_bundles(cfg.paths.mlruns, Path(tmp) / "cache", args.models)
-        predictor = Predictor(bundles, Path(tmp) / "work")
+        predictor = Predictor(bundles)
         seg_task, model = predictor.seg_task, predictor.seg_model
         times = {"packaged, whole case": [], "packaged, segmentation": [], "plain fp32 MONAI": []}
         preds = {"packaged, segmentation": [], "plain fp32 MONAI": []}

@@ -1,4 +1,6 @@
-"""Sliding-window segmentation and small-lesion removal on the preprocessed grid.
+"""A patient's prediction as pure steps on arrays: segment (Task 1), remove small lesions, HPV
+logit (Task 3), survival risk (Task 2). Training validates, scoring scores and ``predict`` predicts
+through these same functions; none of them reads or writes a file.
 
 Sliding window as in the official HECKTOR baseline: patch-sized windows, overlap 0.5, Gaussian
 blending with sigma 0.125 of the window.
@@ -65,3 +67,51 @@ def remove_small_lesions(labels: np.ndarray, min_mm3: float, voxel_mm3: float) -
         small = small[small > 0]
         out[np.isin(comps, small)] = 0
     return out
+
+
+def hpv_features(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Bottleneck features of a whole prepared (2, Z, Y, X) volume: the HPV network's encoder
+    alone (the features do not depend on clinical data, so they can be kept and reused)."""
+    x = torch.as_tensor(np.array(image, dtype=np.float32))[None].to(device)
+    with torch.inference_mode(), autocast():
+        return model.encode(x)
+
+
+def hpv_logit(
+    model: nn.Module,
+    features: torch.Tensor,
+    clinical: np.ndarray,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> float:
+    """The HPV logit of one patient from its features and encoded clinical vector (> 0: positive)."""
+    vector = torch.as_tensor(np.asarray(clinical, dtype=np.float32))[None].to(device)
+    with torch.inference_mode(), autocast():
+        return float(model.logit(features, vector).float().item())
+
+
+def survival_input(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Task 2's (4, Z, Y, X) input: CT, PET, the GTVp mask and the GTVn mask."""
+    mask = np.asarray(mask)
+    return np.concatenate([np.asarray(image), (mask == GTVP)[None], (mask == GTVN)[None]]).astype(
+        np.float32
+    )
+
+
+def rfs_risk(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    clinical: np.ndarray,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> float:
+    """One patient's predicted log-hazard (higher: earlier relapse) from its survival input."""
+    x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))[None].to(device)
+    vector = torch.as_tensor(np.asarray(clinical, dtype=np.float32))[None].to(device)
+    with torch.inference_mode(), autocast():
+        return float(model(x, vector).float().item())

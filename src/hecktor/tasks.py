@@ -34,7 +34,7 @@ from hecktor.losses import cox_loss
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.models.survival import SurvivalNet
-from hecktor.prediction import segment
+from hecktor.prediction import hpv_features, hpv_logit, rfs_risk, segment, survival_input
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,16 @@ def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> 
     """Task 1's network planned from the config, its patch clipped to the prepared volume."""
     patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, shape, strict=True))
     return make_plan(cfg.network, patch, spacing, cfg.base_filters, cfg.max_filters)
+
+
+def hpv_network(cfg: HpvConfig, plan: Plan, encoder: ClinicalEncoder) -> HPVNet:
+    """Task 3's network: the planned Task 1 network, a head and the clinical MLP."""
+    return HPVNet(build_segmenter(plan), encoder.width, cfg.mlp_width, cfg.dropout)
+
+
+def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
+    """Task 2's network for the clinical encoding a fold fitted."""
+    return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
 
 
 class SegmentationTask:
@@ -194,9 +204,7 @@ class HPVTask:
         return self.table.loc[list(patients), "HPV Status"].to_numpy(dtype=np.float32)
 
     def build_model(self) -> nn.Module:
-        return HPVNet(
-            build_segmenter(self.plan), self.encoder.width, self.cfg.mlp_width, self.cfg.dropout
-        )
+        return hpv_network(self.cfg, self.plan, self.encoder)
 
     def warm_start(self, model: nn.Module) -> None:
         """Start a new training from the Task 1 weights (``hpv.init_from_seg``), if trained."""
@@ -238,19 +246,17 @@ class HPVTask:
     def logits(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
                unknown: Sequence[str] = ()) -> np.ndarray:  # fmt: skip
         """Encoder-only HPV logits of whole prepared volumes; ``unknown`` masks clinical variables."""
-        clinical = torch.as_tensor(self.encoder.transform(self.table.loc[list(patients)], unknown))
+        clinical = self.encoder.transform(self.table.loc[list(patients)], unknown)
         out = []
-        with torch.inference_mode(), autocast():
-            for i, patient in enumerate(patients):
-                key = (id(model), patient)
-                features = self.feature_cache.get(key) if self.feature_cache is not None else None
-                if features is None:
-                    image = np.array(load_prepared(self.prepared, patient).image)
-                    features = model.encode(torch.as_tensor(image)[None].to(device))
-                    if self.feature_cache is not None:
-                        self.feature_cache[key] = features
-                logit = model.logit(features, clinical[i : i + 1].to(device))
-                out.append(float(logit.float().item()))
+        for i, patient in enumerate(patients):
+            key = (id(model), patient)
+            features = self.feature_cache.get(key) if self.feature_cache is not None else None
+            if features is None:
+                image = load_prepared(self.prepared, patient).image
+                features = hpv_features(model, image, device, autocast)
+                if self.feature_cache is not None:
+                    self.feature_cache[key] = features
+            out.append(hpv_logit(model, features, clinical[i], device, autocast))
         return np.asarray(out)
 
     def validate(
@@ -334,11 +340,9 @@ class RFSTask:
 
     def image(self, patient: str, inputs: str) -> np.ndarray:
         """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask."""
-        case = load_prepared(self.prepared, patient)
-        mask = self.mask(patient, inputs)
-        return np.concatenate(
-            [np.asarray(case.image), (mask == 1)[None], (mask == 2)[None]]
-        ).astype(np.float32)
+        return survival_input(
+            load_prepared(self.prepared, patient).image, self.mask(patient, inputs)
+        )
 
     def setup(self, train_patients: Sequence[str]) -> None:
         self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(train_patients, self.mode))
@@ -360,9 +364,7 @@ class RFSTask:
         return None
 
     def build_model(self) -> nn.Module:
-        return SurvivalNet(
-            self.encoder.width, self.cfg.widths, self.cfg.mlp_width, self.cfg.dropout
-        )
+        return rfs_network(self.cfg, self.encoder)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
         return SurvivalDataset(self, patients, self.mode)
@@ -377,14 +379,11 @@ class RFSTask:
     def risks(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
               inputs: str = "pred") -> np.ndarray:  # fmt: skip
         """Predicted risks (log-hazards) of patients, from predicted inputs by default."""
-        data = SurvivalDataset(self, patients, inputs)
-        out = []
-        with torch.inference_mode(), autocast():
-            for i in range(len(data)):
-                item = data[i]
-                risk = model(item["image"][None].to(device), item["clinical"][None].to(device))
-                out.append(float(risk.float().item()))
-        return np.asarray(out)
+        clinical = self.encoder.transform(self.frame(patients, inputs))
+        return np.asarray([
+            rfs_risk(model, self.image(p, inputs), clinical[i], device, autocast)
+            for i, p in enumerate(patients)
+        ])  # fmt: skip
 
     def risk_scale(
         self, model: nn.Module, train_ids: Sequence[str], device: torch.device, autocast

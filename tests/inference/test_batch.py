@@ -257,3 +257,75 @@ def test_predict_never_writes_into_a_foreign_folder_or_its_input(bundles, releas
             predict_folder(bundles, root, out, no_clinical=True)
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+BLOCKED = ("hecktor.training", "hecktor.crossval", "hecktor.tuning", "hecktor.derive",
+           "hecktor.register", "optuna", "lifelines")  # fmt: skip
+
+
+def test_inference_stands_without_training_scoring_and_tuning_code(
+    bundle_dir, release_dir, tmp_path
+):
+    """A slim image may leave training, scoring and tuning out: predict must not need them."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in {BLOCKED!r}):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Blocked())
+from hecktor.inference.batch import predict_folder
+from hecktor.inference.bundle import load_bundles
+bundles = load_bundles({str(tmp_path / "store")!r}, {str(bundle_dir)!r}, models_dir={str(bundle_dir)!r})
+manifest = predict_folder(bundles, {str(release_dir)!r}, {str(tmp_path / "out")!r})
+print("predicted", manifest["predicted"], "failed", len(manifest["failed"]))
+print("loaded", sorted(m for m in sys.modules if m.startswith({BLOCKED!r})))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    patients = sorted(p.name for p in (release_dir / "Task 1").iterdir() if p.is_dir())
+    assert f"predicted {len(patients)} failed 0" in done.stdout
+    assert "loaded []" in done.stdout
+
+
+def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
+    bundles, trained_cfg, release_dir
+):
+    """predict preprocesses, segments and classifies a patient exactly as training and scoring
+    do with the prepared cohort: the same steps, the same fitted values."""
+    import math
+
+    import torch
+
+    from hecktor.checkpoints import model_from
+    from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
+    from hecktor.devices import autocast_for, precision_for
+    from hecktor.inference.batch import Predictor, read_images
+    from hecktor.prediction import remove_small_lesions
+    from hecktor.tasks import HPVTask, SegmentationTask
+
+    patient = find_patients(release_dir).patients[0]
+    mask, row = Predictor(bundles, "cpu")(read_images(patient), patient.clinical)
+
+    cpu, prepared = torch.device("cpu"), trained_cfg.paths.prepared
+    autocast = autocast_for(precision_for("auto", cpu), cpu)  # what predict runs in
+    case = load_prepared(prepared, patient.patient)
+    seg_task = SegmentationTask(trained_cfg.seg, prepared)
+    seg_model = model_from(seg_task, bundles.seg.weights(bundles.seg.members[0]), cpu)
+    labels = seg_task.predict(seg_model, case.image, cpu, autocast)
+    labels = remove_small_lesions(labels, trained_cfg.seg.min_lesion_mm3, seg_task.voxel_mm3)
+    on_ct = to_original_grid(
+        labels, Geometry.from_dict(case.meta["grid"]), Geometry.from_dict(case.meta["ct_grid"])
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(on_ct))
+
+    hpv_task = HPVTask(trained_cfg.hpv, trained_cfg.seg, prepared)
+    logits = []
+    for member in bundles.hpv.members:
+        model = model_from(hpv_task, bundles.hpv.weights(member), cpu)
+        logits.append(hpv_task.logits(model, [patient.patient], cpu, autocast)[0])
+    expected = 1.0 / (1.0 + math.exp(-float(np.mean(logits))))
+    assert row["HPV_probability"] == pytest.approx(expected, abs=1e-6)

@@ -13,26 +13,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from torch import nn
 from tqdm import tqdm
 
 from hecktor import io
-from hecktor.checkpoints import model_from
 from hecktor.data import layout
+from hecktor.data.clinical import ClinicalEncoder
 from hecktor.data.layout import InputError, Problem
-from hecktor.data.preprocess import Geometry, preprocess, save_case, to_original_grid
+from hecktor.data.preprocess import Geometry, preprocess, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import file_sha256, json_digest
-from hecktor.inference.bundle import Bundle, Bundles
-from hecktor.prediction import remove_small_lesions
-from hecktor.tasks import HPVTask, RFSTask, SegmentationTask
+from hecktor.inference.bundle import Bundles
+from hecktor.models.segmentation import Plan, build_segmenter
+from hecktor.prediction import (
+    hpv_features,
+    hpv_logit,
+    remove_small_lesions,
+    rfs_risk,
+    segment,
+    survival_input,
+)
+from hecktor.tasks import hpv_network, rfs_network, seg_plan
 
 log = logging.getLogger(__name__)
 
@@ -44,74 +51,88 @@ CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
 OUTCOME_COLUMNS = ("RFS", "Relapse", "HPV Status")
 
 
-class Predictor:
-    """Task 1, 3 and 2 models applied to one patient at a time, on this machine's best precision."""
+def _plan_of(state: dict) -> Plan | None:
+    plan = state.get("task", {}).get("plan")
+    return Plan.from_dict(plan) if plan else None
 
-    def __init__(self, bundles: Bundles, work: Path, device: str = "auto") -> None:
+
+@dataclass(frozen=True)
+class _Member:
+    """One loaded fold model with the clinical encoding (and risk scale) it was trained with."""
+
+    model: nn.Module
+    encoder: ClinicalEncoder
+    risk_mean: float = 0.0
+    risk_std: float = 1.0
+
+
+class Predictor:
+    """Task 1, 3 and 2 models applied to one patient at a time, on this machine's best precision.
+
+    Everything a prediction needs is in the bundles: the preprocessing settings, each network's
+    plan and weights, each fold's clinical encoding and risk scale. A patient's prediction is the
+    chain of :mod:`hecktor.prediction` steps on arrays; nothing is written to disk.
+    """
+
+    def __init__(self, bundles: Bundles, device: str = "auto") -> None:
         bundles.check()
         self.bundles = bundles
         self.prepare = bundles.seg.prepare
         self.device = resolve_device(device)
         self.autocast = autocast_for(precision_for("auto", self.device), self.device)
-        self.prepared = work / "prepared"
-        self.inputs = work / "inputs"
-        (self.inputs / "masks").mkdir(parents=True, exist_ok=True)
-        self.prepared.mkdir(parents=True, exist_ok=True)
-        io.write_json(self.prepared / "summary.json", bundles.seg.manifest["prepared"])
-        pd.DataFrame(columns=["PatientID", *CLINICAL_COLUMNS]).to_csv(
-            self.prepared / "clinical.csv", index=False
-        )
-        pd.DataFrame(columns=["PatientID", "hpv_pred"]).to_csv(
-            self.inputs / "inputs.csv", index=False
-        )
+        spacing = tuple(float(s) for s in reversed(bundles.seg.manifest["prepared"]["spacing_mm"]))
+        shape = tuple(int(v) for v in bundles.seg.manifest["prepared"]["shape_zyx"])
+        self.voxel_mm3 = float(np.prod(spacing))
         seg_cfg = bundles.seg.seg
-        self.seg_task = SegmentationTask(seg_cfg, self.prepared)
-        self.seg_model = self._load(self.seg_task, bundles.seg, bundles.seg.members[0])[0]
-        self.hpv_task = HPVTask(bundles.hpv.hpv, seg_cfg, self.prepared, init=None)
-        self.hpv_models = [self._load(self.hpv_task, bundles.hpv, m) for m in bundles.hpv.members]
-        self.rfs_task = RFSTask(bundles.rfs.rfs, self.prepared, self.inputs, "pred")
-        self.rfs_models = [self._load(self.rfs_task, bundles.rfs, m) for m in bundles.rfs.members]
+        seg_state = bundles.seg.weights(bundles.seg.members[0], self.device)
+        # bundles of networks trained before plans were saved: planned from their config
+        self.plan = _plan_of(seg_state) or seg_plan(seg_cfg, spacing, shape)
+        self.seg_model = self._loaded(build_segmenter(self.plan), seg_state)
+        self.hpv: list[_Member] = []
+        for member in bundles.hpv.members:
+            state = bundles.hpv.weights(member, self.device)
+            encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
+            plan = _plan_of(state) or seg_plan(seg_cfg, spacing, shape)
+            network = hpv_network(bundles.hpv.hpv, plan, encoder)
+            self.hpv.append(_Member(self._loaded(network, state), encoder))
+        self.rfs: list[_Member] = []
+        for member in bundles.rfs.members:
+            state = bundles.rfs.weights(member, self.device)
+            encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
+            network = self._loaded(rfs_network(bundles.rfs.rfs, encoder), state)
+            self.rfs.append(_Member(network, encoder, member["risk_mean"], member["risk_std"]))
 
-    def _load(self, task, bundle: Bundle, member: dict) -> tuple:
-        state = bundle.weights(member, self.device)
-        return model_from(task, state, self.device), state.get("task", {}), member
+    def _loaded(self, network: nn.Module, state: dict) -> nn.Module:
+        network.load_state_dict(state["model"])
+        return network.to(self.device).eval()
 
     def __call__(
         self, images: layout.RawCase, clinical: dict[str, object]
     ) -> tuple[sitk.Image, dict[str, object]]:
         """The mask on the patient's CT grid and the patient's row of predictions."""
         patient = images.patient
+        seg = self.bundles.seg.seg
+        steps = {"device": self.device, "autocast": self.autocast}
         prepared = preprocess(images, self.prepare)
-        save_case(self.prepared / patient, prepared)
-        try:
-            labels = self.seg_task.predict(
-                self.seg_model, prepared.image, self.device, self.autocast
-            )
-            labels = remove_small_lesions(
-                labels, self.bundles.seg.seg.min_lesion_mm3, self.seg_task.voxel_mm3
-            )
-            mask = to_original_grid(
-                labels, Geometry.from_dict(prepared.meta["grid"]), Geometry.of(images.ct)
-            )
-            table = pd.DataFrame([{k: clinical.get(k) for k in CLINICAL_COLUMNS}], index=[patient])
-            self.hpv_task.table = table
-            logits = []
-            for model, state, _ in self.hpv_models:
-                self.hpv_task.load_state(state)
-                logits.append(self.hpv_task.logits(model, [patient], self.device, self.autocast)[0])
-            logit = float(np.mean(logits))
-            status = int(logit > 0)
-            np.save(self.inputs / "masks" / f"{patient}.npy", labels)
-            self.rfs_task.table = table
-            self.rfs_task.inputs = pd.DataFrame({"hpv_pred": [status]}, index=[patient])
-            risks = []
-            for model, state, member in self.rfs_models:
-                self.rfs_task.load_state(state)
-                risk = self.rfs_task.risks(model, [patient], self.device, self.autocast)[0]
-                risks.append((risk - member["risk_mean"]) / member["risk_std"])
-        finally:
-            shutil.rmtree(self.prepared / patient, ignore_errors=True)
-            (self.inputs / "masks" / f"{patient}.npy").unlink(missing_ok=True)
+        labels = segment(self.seg_model, prepared.image, self.plan.patch, overlap=seg.sw_overlap,
+                         sw_batch_size=seg.sw_batch_size, **steps)  # fmt: skip
+        labels = remove_small_lesions(labels, seg.min_lesion_mm3, self.voxel_mm3)
+        mask = to_original_grid(
+            labels, Geometry.from_dict(prepared.meta["grid"]), Geometry.of(images.ct)
+        )
+        table = pd.DataFrame([{k: clinical.get(k) for k in CLINICAL_COLUMNS}], index=[patient])
+        logits = []
+        for m in self.hpv:
+            features = hpv_features(m.model, prepared.image, **steps)
+            logits.append(hpv_logit(m.model, features, m.encoder.transform(table)[0], **steps))
+        logit = float(np.mean(logits))
+        status = int(logit > 0)
+        inputs = survival_input(prepared.image, labels)
+        with_status = table.assign(**{"HPV Status": float(status)})  # Task 3's call, as in training
+        risks = []
+        for m in self.rfs:
+            risk = rfs_risk(m.model, inputs, m.encoder.transform(with_status)[0], **steps)
+            risks.append((risk - m.risk_mean) / m.risk_std)
         row = {
             "PatientID": patient,
             "HPV_probability": 1.0 / (1.0 + math.exp(-logit)),
@@ -362,25 +383,24 @@ def predict_folder(
     failures: list[dict[str, str]] = []
     skipped = 0
     predictor: Predictor | None = None
-    with tempfile.TemporaryDirectory(prefix="hecktor-predict-") as work:
-        for patient in tqdm(patients, desc="predict", unit="patient"):
-            pid = patient.patient
-            part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
-            patient_key = input_key(key, patient)
-            if _reused(part, mask_path, patient_key):
-                skipped += 1
-                continue
-            _forget(parts, output, pid)  # no stale result, whatever happens next
-            try:
-                images = read_images(patient)
-                predictor = predictor or Predictor(bundles, Path(work), device)
-                mask, row = predictor(images, patient.clinical)
-            except (InputError, RuntimeError, ValueError, OSError) as err:
-                failures.append({"PatientID": pid, "reason": _reason(err)})
-                log.error("%s: skipped: %s", pid, _reason(err))
-                continue
-            io.write_image(mask_path, mask)
-            io.write_json(part, {"key": patient_key, "models": key, "row": row})
+    for patient in tqdm(patients, desc="predict", unit="patient"):
+        pid = patient.patient
+        part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
+        patient_key = input_key(key, patient)
+        if _reused(part, mask_path, patient_key):
+            skipped += 1
+            continue
+        _forget(parts, output, pid)  # no stale result, whatever happens next
+        try:
+            images = read_images(patient)
+            predictor = predictor or Predictor(bundles, device)
+            mask, row = predictor(images, patient.clinical)
+        except (InputError, RuntimeError, ValueError, OSError) as err:
+            failures.append({"PatientID": pid, "reason": _reason(err)})
+            log.error("%s: skipped: %s", pid, _reason(err))
+            continue
+        io.write_image(mask_path, mask)
+        io.write_json(part, {"key": patient_key, "models": key, "row": row})
     failed = {f["PatientID"] for f in failures}
     rows = [
         json.loads((parts / f"{p.patient}.json").read_text())["row"]
@@ -433,8 +453,7 @@ def predict_container(
         raise InputError(problems)
     clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
     images = layout.RawCase(data.patient, data.ct, data.pet, None)
-    with tempfile.TemporaryDirectory(prefix="hecktor-predict-") as work:
-        mask, row = Predictor(bundles, Path(work), device)(images, clinical)
+    mask, row = Predictor(bundles, device)(images, clinical)
     return layout.write_container_outputs(
         output_root, mask, float(row["RFS_risk"]), bool(row["HPV_status"])
     )
