@@ -39,11 +39,16 @@ from hecktor.prediction import hpv_features, hpv_logit, rfs_risk, segment, survi
 log = logging.getLogger(__name__)
 
 
-def prepared_grid(prepared: Path | str) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
-    """Spacing (z, y, x) in mm and volume shape (z, y, x) of a prepared dataset."""
-    summary = json.loads((Path(prepared) / "summary.json").read_text())
+def grid_of(summary: dict) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Spacing (z, y, x) in mm and volume shape (z, y, x) from a prepared dataset's summary (as
+    ``summary.json`` and a bundle's ``prepared`` entry hold it: spacing in x, y, z)."""
     spacing = tuple(float(s) for s in reversed(summary["spacing_mm"]))
     return spacing, tuple(int(v) for v in summary["shape_zyx"])  # type: ignore[return-value]
+
+
+def prepared_grid(prepared: Path | str) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Spacing (z, y, x) in mm and volume shape (z, y, x) of a prepared dataset."""
+    return grid_of(json.loads((Path(prepared) / "summary.json").read_text()))
 
 
 def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> Plan:

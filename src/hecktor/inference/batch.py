@@ -39,7 +39,7 @@ from hecktor.prediction import (
     segment,
     survival_input,
 )
-from hecktor.tasks import hpv_network, rfs_network, seg_plan
+from hecktor.tasks import grid_of, hpv_network, rfs_network, seg_plan
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class Predictor:
         self.prepare = bundles.seg.prepare
         self.device = resolve_device(device)
         self.autocast = autocast_for(precision_for("auto", self.device), self.device)
-        spacing = tuple(float(s) for s in reversed(bundles.seg.manifest["prepared"]["spacing_mm"]))
-        shape = tuple(int(v) for v in bundles.seg.manifest["prepared"]["shape_zyx"])
+        spacing, shape = grid_of(bundles.seg.manifest["prepared"])
         self.voxel_mm3 = float(np.prod(spacing))
         seg_cfg = bundles.seg.seg
         seg_state = bundles.seg.weights(bundles.seg.members[0], self.device)

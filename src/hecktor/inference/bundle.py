@@ -15,7 +15,6 @@ only and load with ``torch.load(weights_only=True)``: loading a bundle unpickles
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from hecktor import io
+from hecktor.checkpoints import load_checkpoint
 from hecktor.config import HpvConfig, PrepareConfig, RfsConfig, SegConfig
+from hecktor.fingerprints import files_digest
 from hecktor.tracking import fetch_bundle
 
 NAMES = {"seg": "hecktor-seg", "hpv": "hecktor-hpv", "rfs": "hecktor-rfs"}
@@ -66,14 +67,11 @@ class Bundle:
         return list(self.manifest["members"])
 
     def weights(self, member: dict[str, Any], device: torch.device | str = "cpu") -> dict:
-        return torch.load(self.root / member["file"], map_location=device, weights_only=True)
+        return load_checkpoint(self.root / member["file"], device)
 
     def digest(self) -> str:
-        """Hash of the manifest and every weights file: equal bundles, equal digests."""
-        h = hashlib.sha256((self.root / MANIFEST).read_bytes())
-        for member in self.members:
-            h.update((self.root / member["file"]).read_bytes())
-        return h.hexdigest()[:16]
+        """Digest of the manifest and every weights file: equal bundles, equal digests."""
+        return files_digest([self.root / MANIFEST, *(self.root / m["file"] for m in self.members)])
 
 
 def load_bundle(root: Path | str) -> Bundle:
