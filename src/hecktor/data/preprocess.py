@@ -233,6 +233,75 @@ def _process(args: tuple[layout.CaseFiles, PrepareConfig, Path]) -> tuple[str, l
     return case.patient, []
 
 
+def _process_all(
+    jobs: list[tuple[layout.CaseFiles, PrepareConfig, Path]], workers: int
+) -> list[tuple[str, list[Problem]]]:
+    """Preprocess every case, in ``workers`` processes where more than one; each case's problems."""
+    bar = tqdm(total=len(jobs), desc="prepare", unit="patient")
+    results = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(_process, jobs):
+                results.append(result)
+                bar.update()
+    else:
+        for job in jobs:
+            results.append(_process(job))
+            bar.update()
+    bar.close()
+    return results
+
+
+def _case_index(
+    root: Path, patients: list[str], members: dict[int, set[str]], clinical: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per prepared case: centre (the clinical table's where it has one), label, tasks and
+    the share of the labelled lesion volume the crop keeps."""
+    index = pd.DataFrame(
+        {
+            "PatientID": patients,
+            "CenterID": [layout.centre_of(p) for p in patients],
+            "has_label": [(root / p / "label.npy").is_file() for p in patients],
+            **{f"task{t}": [p in members[t] for p in patients] for t in layout.TASKS},
+        }
+    )
+    if len(clinical):
+        centres = dict(zip(clinical["PatientID"], clinical["CenterID"], strict=True))
+        index["CenterID"] = [
+            centres.get(p, c) for p, c in zip(patients, index["CenterID"], strict=True)
+        ]
+    kept = {p: load_prepared(root, p).meta["lesion_volume_kept"] for p in patients}
+    index["lesion_volume_kept"] = [kept[p] for p in patients]
+    return index
+
+
+def _warn_cut_lesions(index: pd.DataFrame) -> None:
+    """Name the cases whose crop cuts off more than a tenth of the labelled lesion volume."""
+    cut = index[index["lesion_volume_kept"].fillna(1.0) < 0.9]
+    for patient, value in zip(cut["PatientID"], cut["lesion_volume_kept"], strict=True):
+        log.warning(
+            "%s: the crop keeps only %.0f%% of the labelled lesion volume; "
+            "check prepare.crop_mm and prepare.crop_offset_mm",
+            patient,
+            100 * value,
+        )
+
+
+def _summary(index: pd.DataFrame, members: dict[int, set[str]], cfg: PrepareConfig) -> dict:
+    """The prepared cohort in numbers (``summary.json``)."""
+    return {
+        "patients": len(index),
+        "labelled": int(index["has_label"].sum()),
+        "per_task": {f"task{t}": len(members[t]) for t in layout.TASKS},
+        "per_centre": index["CenterID"].value_counts().sort_index().to_dict(),
+        "spacing_mm": list(cfg.spacing_mm),
+        "lesion_volume_kept_min": float(index["lesion_volume_kept"].min()),
+        "shape_zyx": list(
+            reversed([round(c / s) for c, s in zip(cfg.crop_mm, cfg.spacing_mm, strict=True)])
+        ),
+    }
+
+
 def prepare_release(release_root: Path | str, out: Path | str, cfg: PrepareConfig) -> pd.DataFrame:
     """Validate and preprocess a whole release into ``out``; all-or-nothing.
 
@@ -246,60 +315,16 @@ def prepare_release(release_root: Path | str, out: Path | str, cfg: PrepareConfi
     patients = release.patients()
     with io.atomic_dir(out, "prepare", [release_root]) as tmp:
         jobs = [(release.image_case(p), cfg, tmp) for p in patients]
-        bar = tqdm(total=len(jobs), desc="prepare", unit="patient")
-        results = []
-        if cfg.workers > 1:
-            with ProcessPoolExecutor(cfg.workers) as pool:
-                for result in pool.map(_process, jobs):
-                    results.append(result)
-                    bar.update()
-        else:
-            for job in jobs:
-                results.append(_process(job))
-                bar.update()
-        bar.close()
-        for _, found in results:
+        for _, found in _process_all(jobs, cfg.workers):
             problems.extend(found)
         if problems:
             raise InputError(problems)
         members = {t: {c.patient for c in release.cases.get(t, [])} for t in layout.TASKS}
-        index = pd.DataFrame(
-            {
-                "PatientID": patients,
-                "CenterID": [layout.centre_of(p) for p in patients],
-                "has_label": [(tmp / p / "label.npy").is_file() for p in patients],
-                **{f"task{t}": [p in members[t] for p in patients] for t in layout.TASKS},
-            }
-        )
         clinical = layout.clinical_frame(tables)
-        if len(clinical):
-            centres = dict(zip(clinical["PatientID"], clinical["CenterID"], strict=True))
-            index["CenterID"] = [
-                centres.get(p, c) for p, c in zip(patients, index["CenterID"], strict=True)
-            ]
-        kept = {p: load_prepared(tmp, p).meta["lesion_volume_kept"] for p in patients}
-        index["lesion_volume_kept"] = [kept[p] for p in patients]
-        cut = index[index["lesion_volume_kept"].fillna(1.0) < 0.9]
-        for patient, value in zip(cut["PatientID"], cut["lesion_volume_kept"], strict=True):
-            log.warning(
-                "%s: the crop keeps only %.0f%% of the labelled lesion volume; "
-                "check prepare.crop_mm and prepare.crop_offset_mm",
-                patient,
-                100 * value,
-            )
+        index = _case_index(tmp, patients, members, clinical)
+        _warn_cut_lesions(index)
         index.to_csv(tmp / "cases.csv", index=False)
         clinical.to_csv(tmp / "clinical.csv", index=False)
-        summary = {
-            "patients": len(patients),
-            "labelled": int(index["has_label"].sum()),
-            "per_task": {f"task{t}": len(members[t]) for t in layout.TASKS},
-            "per_centre": index["CenterID"].value_counts().sort_index().to_dict(),
-            "spacing_mm": list(cfg.spacing_mm),
-            "lesion_volume_kept_min": float(index["lesion_volume_kept"].min()),
-            "shape_zyx": list(
-                reversed([round(c / s) for c, s in zip(cfg.crop_mm, cfg.spacing_mm, strict=True)])
-            ),
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "summary.json").write_text(json.dumps(_summary(index, members, cfg), indent=2))
     log.info("prepared %d patients into %s", len(patients), out)
     return index

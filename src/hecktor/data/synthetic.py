@@ -115,8 +115,110 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def _draw_primary(
+    rng: np.random.Generator, scale: float
+) -> tuple[str | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]], float]:
+    """The primary's site (None: no primary), its lobes (centre, radii, rotation) and volume (cc)."""
+    site = None if rng.random() < 0.04 else str(rng.choice(list(SITES), p=[0.28, 0.28, 0.24, 0.20]))
+    lobes = []
+    primary_cc = 0.0
+    if site is not None:
+        centre_mm = np.array(SITES[site][0]) * scale + rng.normal(0, 3, 3)
+        volume_cc = float(np.exp(rng.normal(math.log(14.0), 0.7)))
+        primary_cc = volume_cc
+        radius = (3 * volume_cc * 1000 / (4 * math.pi)) ** (1 / 3)
+        for k in range(int(rng.integers(2, 5))):
+            offset = rng.normal(0, 0.35 * radius, 3) if k else np.zeros(3)
+            radii = radius * rng.uniform(0.55, 0.95, 3)
+            lobes.append((centre_mm + offset, radii, _rotation(rng, 90)))
+    return site, lobes, primary_cc
+
+
+def _draw_nodes(rng: np.random.Generator, scale: float) -> list[tuple[np.ndarray, float, bool]]:
+    """Zero to seven lymph nodes (centre, radius, cystic); some small, some touching."""
+    n_nodes = int(min(rng.poisson(1.8), 7))
+    nodes: list[tuple[np.ndarray, float, bool]] = []
+    for _ in range(n_nodes):
+        if nodes and rng.random() < 0.3:  # touching the previous node
+            prev_c, prev_r, _ = nodes[-1]
+            r = float(rng.uniform(3.0, 8.0))
+            direction = rng.normal(0, 1, 3)
+            direction /= np.linalg.norm(direction)
+            nodes.append((prev_c + direction * (prev_r + r) * 0.97, r, False))
+            continue
+        side = rng.choice([-1.0, 1.0])
+        z = rng.uniform(-130, -65)
+        centre_mm = np.array([side * rng.uniform(34, 50), rng.uniform(-8, 18), z]) * scale
+        r = float(rng.uniform(1.9, 2.8)) if rng.random() < 0.2 else float(rng.uniform(4.0, 13.0))
+        nodes.append((centre_mm, r, bool(r > 7 and rng.random() < 0.5)))
+    return nodes
+
+
+def _hpv_probability(
+    c: Centre, age: float, male: int, smoker: int, site: str | None, cystic: bool,
+    primary_cc: float,
+) -> float:  # fmt: skip
+    """The true HPV probability: a logistic model of clinical and image features."""
+    site_term = SITES[site][1] if site else 0.0
+    hpv_logit = (
+        HPV_INTERCEPT
+        + c.hpv_shift
+        - 0.06 * (age - 60)
+        + 0.7 * male
+        - 1.1 * smoker
+        + site_term
+        + 0.9 * cystic
+        - 0.5 * math.log(max(primary_cc, 1.0) / 14.0)
+    )
+    return 1 / (1 + math.exp(-hpv_logit))
+
+
+def _log_hazard(
+    hpv: int, primary_cc: float, nodes: list[tuple[np.ndarray, float, bool]], suv_primary: float,
+    age: float, smoker: int, m_stage: str, performance: int,
+) -> float:  # fmt: skip
+    """The true log-hazard of relapse: a proportional-hazards model of image and clinical
+    features."""
+    node_cc = sum(4 / 3 * math.pi * r**3 for _, r, _ in nodes) / 1000
+    return (
+        1.1 * (1 - hpv)
+        + 0.45 * math.log((primary_cc + 1) / 15.0)
+        + 0.35 * math.log(1 + node_cc)
+        + 0.25 * (suv_primary - 11.0) / 4.0
+        + 0.025 * (age - 60)
+        + 0.35 * smoker
+        + 1.2 * (m_stage == "M1")
+        + 0.3 * performance
+    )
+
+
+def _draw_rfs(rng: np.random.Generator, log_hazard: float) -> tuple[float, int]:
+    """Relapse-free survival (days) and whether it ended in a relapse (else censored)."""
+    # Weibull PH: S(t) = exp(-(t/lam)^k * exp(eta)); administrative + dropout censoring.
+    k, lam = 1.3, 3000.0
+    event_time = lam * (-math.log(rng.random()) / math.exp(log_hazard)) ** (1 / k)
+    censor_time = rng.uniform(400, 6000)
+    relapse = int(event_time <= censor_time)
+    rfs = max(1.0, round(min(event_time, censor_time)))
+    return float(rfs), relapse
+
+
+def _draw_direction(rng: np.random.Generator, rotated_fraction: float) -> tuple[float, ...]:
+    """The CT's direction cosines: identity, or for ``rotated_fraction`` a small tilt, sometimes
+    with the axial plane flipped."""
+    direction = tuple(np.eye(3).ravel())
+    if rng.random() < rotated_fraction:
+        flip = np.diag([-1.0, -1.0, 1.0]) if rng.random() < 0.5 else np.eye(3)
+        direction = tuple((flip @ _rotation(rng, 8)).ravel())
+    return direction
+
+
 def draw_patient(index: int, cfg: SynthConfig) -> SyntheticPatient:
-    """Draw one patient's latent anatomy, clinical data and outcome; deterministic in (seed, index)."""
+    """Draw one patient's latent anatomy, clinical data and outcome; deterministic in (seed, index).
+
+    All draws come from one generator in a fixed order (the helpers take it in turn): reordering
+    them would change every synthetic cohort.
+    """
     rng = np.random.default_rng([cfg.seed, index])
     names = list(cfg.centres)
     weights = np.array([CENTRES[n].weight for n in names])
@@ -133,80 +235,24 @@ def draw_patient(index: int, cfg: SynthConfig) -> SyntheticPatient:
     performance = int(rng.choice(4, p=[0.55, 0.35, 0.08, 0.02]))
     m_stage = str(rng.choice(["M0", "M1", "Mx"], p=[0.93, 0.03, 0.04]))
 
-    site = None if rng.random() < 0.04 else str(rng.choice(list(SITES), p=[0.28, 0.28, 0.24, 0.20]))
-    lobes = []
-    primary_cc = 0.0
-    if site is not None:
-        centre_mm = np.array(SITES[site][0]) * scale + rng.normal(0, 3, 3)
-        volume_cc = float(np.exp(rng.normal(math.log(14.0), 0.7)))
-        primary_cc = volume_cc
-        radius = (3 * volume_cc * 1000 / (4 * math.pi)) ** (1 / 3)
-        for k in range(int(rng.integers(2, 5))):
-            offset = rng.normal(0, 0.35 * radius, 3) if k else np.zeros(3)
-            radii = radius * rng.uniform(0.55, 0.95, 3)
-            lobes.append((centre_mm + offset, radii, _rotation(rng, 90)))
+    site, lobes, primary_cc = _draw_primary(rng, scale)
     lobe_wobble = rng.uniform(0, 2 * math.pi, 6)
-
-    n_nodes = int(min(rng.poisson(1.8), 7))
-    nodes: list[tuple[np.ndarray, float, bool]] = []
-    for _ in range(n_nodes):
-        if nodes and rng.random() < 0.3:  # touching the previous node
-            prev_c, prev_r, _ = nodes[-1]
-            r = float(rng.uniform(3.0, 8.0))
-            direction = rng.normal(0, 1, 3)
-            direction /= np.linalg.norm(direction)
-            nodes.append((prev_c + direction * (prev_r + r) * 0.97, r, False))
-            continue
-        side = rng.choice([-1.0, 1.0])
-        z = rng.uniform(-130, -65)
-        centre_mm = np.array([side * rng.uniform(34, 50), rng.uniform(-8, 18), z]) * scale
-        r = float(rng.uniform(1.9, 2.8)) if rng.random() < 0.2 else float(rng.uniform(4.0, 13.0))
-        nodes.append((centre_mm, r, bool(r > 7 and rng.random() < 0.5)))
+    nodes = _draw_nodes(rng, scale)
     cystic = any(n[2] for n in nodes)
 
-    site_term = SITES[site][1] if site else 0.0
-    hpv_logit = (
-        HPV_INTERCEPT
-        + c.hpv_shift
-        - 0.06 * (age - 60)
-        + 0.7 * male
-        - 1.1 * smoker
-        + site_term
-        + 0.9 * cystic
-        - 0.5 * math.log(max(primary_cc, 1.0) / 14.0)
-    )
-    hpv_probability = 1 / (1 + math.exp(-hpv_logit))
+    hpv_probability = _hpv_probability(c, age, male, smoker, site, cystic, primary_cc)
     hpv = int(rng.random() < hpv_probability)
     treatment = str(rng.choice(["Chemoradiotherapy", "Radiotherapy", "Surgery"], p=[0.7, 0.2, 0.1]))
     suv_primary = float(np.clip(rng.lognormal(math.log(11.0), 0.35), 4.0, 30.0))
 
-    node_cc = sum(4 / 3 * math.pi * r**3 for _, r, _ in nodes) / 1000
-    log_hazard = (
-        1.1 * (1 - hpv)
-        + 0.45 * math.log((primary_cc + 1) / 15.0)
-        + 0.35 * math.log(1 + node_cc)
-        + 0.25 * (suv_primary - 11.0) / 4.0
-        + 0.025 * (age - 60)
-        + 0.35 * smoker
-        + 1.2 * (m_stage == "M1")
-        + 0.3 * performance
-    )
-    # Weibull PH: S(t) = exp(-(t/lam)^k * exp(eta)); administrative + dropout censoring.
-    k, lam = 1.3, 3000.0
-    event_time = lam * (-math.log(rng.random()) / math.exp(log_hazard)) ** (1 / k)
-    censor_time = rng.uniform(400, 6000)
-    relapse = int(event_time <= censor_time)
-    rfs = max(1.0, round(min(event_time, censor_time)))
-
-    direction = tuple(np.eye(3).ravel())
-    if rng.random() < cfg.rotated_fraction:
-        flip = np.diag([-1.0, -1.0, 1.0]) if rng.random() < 0.5 else np.eye(3)
-        direction = tuple((flip @ _rotation(rng, 8)).ravel())
+    log_hazard = _log_hazard(hpv, primary_cc, nodes, suv_primary, age, smoker, m_stage, performance)
+    rfs, relapse = _draw_rfs(rng, log_hazard)
+    direction = _draw_direction(rng, cfg.rotated_fraction)
 
     return SyntheticPatient(
         pid, centre, int(rng.integers(2**31)), brain, scale, site, lobes, lobe_wobble, nodes,
         suv_primary, age, male, smoker, alcohol, performance, m_stage, treatment,
-        hpv_probability, hpv, log_hazard, float(rfs), relapse, direction,
+        hpv_probability, hpv, log_hazard, rfs, relapse, direction,
     )  # fmt: skip
 
 
@@ -489,6 +535,61 @@ def _claim_oracle(oracle: Path, out: Path) -> None:
             )
 
 
+def _task_members(cfg: SynthConfig, ids: list[str]) -> tuple[set[str], set[str]]:
+    """The patients of Task 2 and Task 3 (every patient is in Task 1)."""
+    rng = np.random.default_rng([cfg.seed, 10**7])
+    task2 = set(rng.choice(ids, size=max(2, round(cfg.task2_fraction * len(ids))), replace=False))
+    task3 = set(rng.choice(ids, size=max(2, round(cfg.task3_fraction * len(ids))), replace=False))
+    return task2, task3
+
+
+def _write_images(
+    jobs: list[tuple[SyntheticPatient, SynthConfig, Path, tuple[int, ...]]], workers: int
+) -> None:
+    """Render and write every patient, in ``workers`` processes where more than one."""
+    bar = tqdm(total=len(jobs), desc="synth", unit="patient")
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_write_patient, jobs):
+                bar.update()
+    else:
+        for job in jobs:
+            _write_patient(job)
+            bar.update()
+    bar.close()
+
+
+def _write_tables(root: Path, table: pd.DataFrame, members: dict[int, set[str]]) -> None:
+    """Each task's CSV: its patients and the columns the real release gives that task."""
+    columns = {
+        1: ["PatientID", "CenterID"],
+        2: ["PatientID", "CenterID", "Age", "Gender", "Tobacco Consumption",
+            "Alcohol Consumption", "Performance Status", "Treatment", "M-stage", "RFS",
+            "Relapse"],
+        3: ["PatientID", "CenterID", "HPV Status", "Age", "Gender", "Tobacco Consumption",
+            "Alcohol Consumption", "Performance Status", "M-stage"],
+    }  # fmt: skip
+    for task, cols in columns.items():
+        rows = table[table["PatientID"].isin(members[task])][cols]
+        io.write_text(root / TASK_DIR[task] / TASK_CSV[task], rows.to_csv(index=False))
+
+
+def _oracle(patients: list[SyntheticPatient], task2: set[str], task3: set[str]) -> pd.DataFrame:
+    """The hidden truth (log-hazard, HPV probability, anatomy) that no training stage reads."""
+    return pd.DataFrame(
+        {
+            "PatientID": [p.pid for p in patients],
+            "CenterID": [p.centre for p in patients],
+            "log_hazard": [p.log_hazard for p in patients],
+            "hpv_probability": [p.hpv_probability for p in patients],
+            "site": [p.site or "none" for p in patients],
+            "nodes": [len(p.nodes) for p in patients],
+            "in_task2": [p.pid in task2 for p in patients],
+            "in_task3": [p.pid in task3 for p in patients],
+        }
+    )
+
+
 def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = None) -> pd.DataFrame:
     """Write a synthetic release to ``out`` (atomically) and the oracle CSV; return the oracle.
 
@@ -502,10 +603,8 @@ def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = No
     if oracle is not None:
         _claim_oracle(Path(oracle), Path(out))
     patients = [draw_patient(i, cfg) for i in range(cfg.patients)]
-    rng = np.random.default_rng([cfg.seed, 10**7])
     ids = [p.pid for p in patients]
-    task2 = set(rng.choice(ids, size=max(2, round(cfg.task2_fraction * len(ids))), replace=False))
-    task3 = set(rng.choice(ids, size=max(2, round(cfg.task3_fraction * len(ids))), replace=False))
+    task2, task3 = _task_members(cfg, ids)
     table = clinical_rows(patients, cfg.seed)
     out = Path(out)
     with io.atomic_dir(out, "synth") as tmp:
@@ -513,40 +612,9 @@ def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = No
             (p, cfg, tmp, tuple(t for t, s in ((1, ids), (2, task2), (3, task3)) if p.pid in s))
             for p in patients
         ]
-        bar = tqdm(total=len(jobs), desc="synth", unit="patient")
-        if cfg.workers > 1:
-            with ProcessPoolExecutor(cfg.workers) as pool:
-                for _ in pool.map(_write_patient, jobs):
-                    bar.update()
-        else:
-            for job in jobs:
-                _write_patient(job)
-                bar.update()
-        bar.close()
-        columns = {
-            1: ["PatientID", "CenterID"],
-            2: ["PatientID", "CenterID", "Age", "Gender", "Tobacco Consumption",
-                "Alcohol Consumption", "Performance Status", "Treatment", "M-stage", "RFS",
-                "Relapse"],
-            3: ["PatientID", "CenterID", "HPV Status", "Age", "Gender", "Tobacco Consumption",
-                "Alcohol Consumption", "Performance Status", "M-stage"],
-        }  # fmt: skip
-        members = {1: set(ids), 2: task2, 3: task3}
-        for task, cols in columns.items():
-            rows = table[table["PatientID"].isin(members[task])][cols]
-            io.write_text(tmp / TASK_DIR[task] / TASK_CSV[task], rows.to_csv(index=False))
-    truth = pd.DataFrame(
-        {
-            "PatientID": ids,
-            "CenterID": [p.centre for p in patients],
-            "log_hazard": [p.log_hazard for p in patients],
-            "hpv_probability": [p.hpv_probability for p in patients],
-            "site": [p.site or "none" for p in patients],
-            "nodes": [len(p.nodes) for p in patients],
-            "in_task2": [p.pid in task2 for p in patients],
-            "in_task3": [p.pid in task3 for p in patients],
-        }
-    )
+        _write_images(jobs, cfg.workers)
+        _write_tables(tmp, table, {1: set(ids), 2: task2, 3: task3})
+    truth = _oracle(patients, task2, task3)
     if oracle is not None:
         io.write_text(oracle, truth.to_csv(index=False))
     log.info("synthetic release of %d patients written to %s", len(ids), out)

@@ -415,6 +415,125 @@ def _announce(loop: _Loop, out: Path) -> None:
         loop.tracker.set_tags(loop.precision.tags())
 
 
+@dataclass
+class _Progress:
+    """How far a fit got: the next epoch, the best epoch so far and the history (in ``last.pt``)."""
+
+    start: int = 1
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _resumable(loop: _Loop, out: Path, key: str, model: nn.Module) -> dict | None:
+    """``last.pt`` if it was written under ``key``; otherwise the fold starts afresh: its
+    checkpoints are removed and ``model`` gets the task's initial weights."""
+    last = out / "last.pt"
+    state = load_checkpoint(last, loop.device) if last.is_file() else None
+    if state is not None and state.get("key") != key:
+        log.warning(
+            "%s: %s was written under another config; starting afresh", loop.task.name, last
+        )
+        state = None
+    if state is None and loop.rank == 0:
+        clear_fold(out)
+    if state is None:
+        loop.task.warm_start(model)
+    _barrier(loop.world)
+    return state
+
+
+def _resume(
+    loop: _Loop, state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, out: Path
+) -> _Progress:
+    """Restore weights, optimizer, precision and loss scale from ``last.pt``: an exact resume."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    loop.use(Precision.from_dict(state["precision"]))
+    if loop.scaler is not None and "scaler" in state:
+        loop.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(
+        int(state["epoch"]) + 1, int(state["best_epoch"]), float(state["best_score"]),
+        dict(state["best_metrics"]), list(state["history"]),
+    )  # fmt: skip
+    if loop.rank == 0:
+        log.info("%s: resuming %s after epoch %d", loop.task.name, out, progress.start - 1)
+    return progress
+
+
+def _choose_on_first_batch(loop: _Loop, model: nn.Module, dataset: Dataset, epoch: int) -> None:
+    """Set a new run's precision, checked on the first batch its first epoch trains on."""
+
+    def first_batch() -> dict:  # the epoch's loader reseeds, so training sees the same batch
+        return next(iter(loop.loader(dataset, epoch)))
+
+    loop.use(choose_precision(loop.task, loop.cfg, model, first_batch, loop.device, loop.world))
+
+
+def _validate(loop: _Loop, model: nn.Module, val_ids: Sequence[str]) -> dict[str, float]:
+    """The task's validation metrics of ``model`` in eval mode, without autograd."""
+    model.eval()
+    with torch.inference_mode():
+        return loop.task.validate(model, val_ids, loop.device, loop.autocast)
+
+
+def _save_weights(
+    path: Path, loop: _Loop, model: nn.Module, epoch: int, metrics: dict[str, float], key: str
+) -> None:
+    """Write what inference loads (``best.pt``, ``swa.pt``): weights, task state and precision."""
+    save_checkpoint(path, {
+        "model": model.state_dict(), "epoch": epoch, "metrics": metrics,
+        "task": loop.task.state(), "key": key, "precision": loop.precision.to_dict(),
+    })  # fmt: skip
+
+
+def _fit_epoch(
+    loop: _Loop,
+    model: nn.Module,
+    wrapped: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    val_ids: Sequence[str],
+    epoch: int,
+    progress: _Progress,
+    out: Path,
+    key: str,
+) -> None:
+    """Train one epoch, validate when due (``best.pt`` on a new best), log it and save
+    ``last.pt``."""
+    cfg = loop.cfg
+    loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
+    record: dict[str, float] = {"epoch": epoch, "train_loss": loss, "skipped_steps": skipped}
+    if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
+        metrics = _validate(loop, model, val_ids)
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        if metrics["score"] > progress.best_score:
+            progress.best_epoch, progress.best_score = epoch, float(metrics["score"])
+            progress.best_metrics = dict(metrics)
+            _save_weights(out / "best.pt", loop, model, epoch, metrics, key)
+    progress.history.append(record)
+    if loop.rank == 0:
+        loop.tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "best_epoch": progress.best_epoch,
+            "best_score": progress.best_score,
+            "best_metrics": progress.best_metrics,
+            "history": progress.history,
+            "key": key,
+            "precision": loop.precision.to_dict(),
+        }
+        if loop.scaler is not None:
+            state["scaler"] = loop.scaler.state_dict()
+        save_checkpoint(out / "last.pt", state)
+        log.info("%s epoch %d/%d %s", loop.task.name, epoch, cfg.epochs,
+                 " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))  # fmt: skip
+    _barrier(loop.world)
+
+
 def fit(
     task: Task,
     train_ids: Sequence[str],
@@ -437,80 +556,103 @@ def fit(
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best_epoch, best_score, best_metrics, history = 1, 0, -math.inf, {}, []
-    last = out / "last.pt"
-    state = load_checkpoint(last, loop.device) if last.is_file() else None
-    if state is not None and state.get("key") != key:
-        log.warning("%s: %s was written under another config; starting afresh", task.name, last)
-        state = None
-    if state is None and loop.rank == 0:
-        clear_fold(out)
-    if state is None:
-        task.warm_start(model)
-    _barrier(loop.world)
+    state = _resumable(loop, out, key, model)
     dataset = task.train_dataset(train_ids)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loop.use(Precision.from_dict(state["precision"]))
-        if loop.scaler is not None and "scaler" in state:
-            loop.scaler.load_state_dict(state["scaler"])
-        start = int(state["epoch"]) + 1
-        best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
-        best_metrics, history = dict(state["best_metrics"]), list(state["history"])
-        if loop.rank == 0:
-            log.info("%s: resuming %s after epoch %d", task.name, out, start - 1)
-    elif start <= cfg.epochs:
-
-        def first_batch() -> dict:  # the epoch's loader reseeds, so training sees the same batch
-            return next(iter(loop.loader(dataset, start)))
-
-        loop.use(choose_precision(task, cfg, model, first_batch, loop.device, loop.world))
+        progress = _resume(loop, state, model, optimizer, out)
+    else:
+        progress = _Progress()
+        if progress.start <= cfg.epochs:
+            _choose_on_first_batch(loop, model, dataset, progress.start)
     _announce(loop, out)
     wrapped = _wrap(model, loop)
-    for epoch in range(start, cfg.epochs + 1):
-        loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
-        record: dict[str, float] = {"epoch": epoch, "train_loss": loss, "skipped_steps": skipped}
-        if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
-            model.eval()
-            with torch.inference_mode():
-                metrics = task.validate(model, val_ids, loop.device, loop.autocast)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            if metrics["score"] > best_score:
-                best_epoch, best_score, best_metrics = epoch, float(metrics["score"]), dict(metrics)
-                save_checkpoint(out / "best.pt", {
-                    "model": model.state_dict(), "epoch": epoch, "metrics": metrics,
-                    "task": task.state(), "key": key,
-                    "precision": loop.precision.to_dict(),
-                })  # fmt: skip
-        history.append(record)
-        if loop.rank == 0:
-            loop.tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_epoch": best_epoch,
-                "best_score": best_score,
-                "best_metrics": best_metrics,
-                "history": history,
-                "key": key,
-                "precision": loop.precision.to_dict(),
-            }
-            if loop.scaler is not None:
-                state["scaler"] = loop.scaler.state_dict()
-            save_checkpoint(last, state)
-            log.info("%s epoch %d/%d %s", task.name, epoch, cfg.epochs,
-                     " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))  # fmt: skip
-        _barrier(loop.world)
+    for epoch in range(progress.start, cfg.epochs + 1):
+        _fit_epoch(loop, model, wrapped, optimizer, dataset, val_ids, epoch, progress, out, key)
     if loop.rank == 0 and not (out / "best.pt").is_file():  # no validation set: the last epoch
-        save_checkpoint(out / "best.pt", {
-            "model": model.state_dict(), "epoch": cfg.epochs, "metrics": {},
-            "task": task.state(), "key": key, "precision": loop.precision.to_dict(),
-        })  # fmt: skip
-        best_epoch = cfg.epochs
+        _save_weights(out / "best.pt", loop, model, cfg.epochs, {}, key)
+        progress.best_epoch = cfg.epochs
     _barrier(loop.world)
-    return FitResult(out, best_epoch, best_score, best_metrics, history, model)
+    return FitResult(out, progress.best_epoch, progress.best_score, progress.best_metrics,
+                     progress.history, model)  # fmt: skip
+
+
+# SWA epochs draw other random streams than training epochs
+_SWA_EPOCH_OFFSET = 10_000
+
+
+def _ended_in(out: Path, best: dict) -> Precision:
+    """The precision training ended in (``last.pt``, else ``best.pt``), with no streak."""
+    ended = (
+        load_checkpoint(out / "last.pt").get("precision") if (out / "last.pt").is_file() else None
+    )
+    precision = Precision.from_dict(ended or best["precision"])
+    precision.streak = 0
+    return precision
+
+
+def _swa_state(loop: _Loop, last: Path, swa_key: str) -> dict | None:
+    """``swa_last.pt`` if it was written under ``swa_key`` (this fold's key and best epoch)."""
+    state = load_checkpoint(last, loop.device) if last.is_file() else None
+    return state if state is not None and state.get("key") == swa_key else None
+
+
+def _swa_resume(
+    loop: _Loop, state: dict, model: nn.Module, averaged: AveragedModel,
+    optimizer: torch.optim.Optimizer, scheduler: SWALR,
+) -> int:  # fmt: skip
+    """Restore an interrupted SWA run from ``swa_last.pt``; returns the next epoch."""
+    model.load_state_dict(state["model"])
+    averaged.load_state_dict(state["averaged"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    loop.use(Precision.from_dict(state["precision"]))
+    return int(state["epoch"]) + 1
+
+
+def _swa_epoch(
+    loop: _Loop,
+    model: nn.Module,
+    wrapped: nn.Module,
+    averaged: AveragedModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: SWALR,
+    dataset: Dataset,
+    epoch: int,
+    last: Path,
+    swa_key: str,
+) -> None:
+    """Train one epoch at the SWA learning rate, add the weights to the average, log it and save
+    ``swa_last.pt``."""
+    label = f"swa epoch {epoch}"
+    loss, skipped = loop.train_epoch(
+        wrapped, optimizer, dataset, _SWA_EPOCH_OFFSET + epoch, label, schedule=False
+    )
+    averaged.update_parameters(model)
+    scheduler.step()
+    if loop.rank == 0:
+        loop.tracker.log_metrics({"swa_train_loss": loss, "swa_skipped_steps": skipped},
+                                 step=epoch)  # fmt: skip
+        save_checkpoint(last, {
+            "model": model.state_dict(), "averaged": averaged.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "key": swa_key, "precision": loop.precision.to_dict(),
+        })  # fmt: skip
+    _barrier(loop.world)
+
+
+def _save_swa(
+    loop: _Loop, averaged: AveragedModel, val_ids: Sequence[str], out: Path, epoch: int, key: str
+) -> dict[str, float]:
+    """Validate the averaged model (logged at the last SWA epoch) and write ``swa.pt``."""
+    metrics: dict[str, float] = {}
+    swa_model = averaged.module
+    if val_ids:
+        metrics = _validate(loop, swa_model, val_ids)
+        loop.tracker.log_metrics(
+            {f"swa_val_{k}": v for k, v in metrics.items()}, step=loop.cfg.swa_epochs
+        )
+    _save_weights(out / "swa.pt", loop, swa_model, epoch, metrics, key)
+    return metrics
 
 
 def swa(
@@ -532,66 +674,26 @@ def swa(
         return None
     out = Path(out)
     best = load_checkpoint(out / "best.pt")
-    ended = (
-        load_checkpoint(out / "last.pt").get("precision") if (out / "last.pt").is_file() else None
-    )
-    precision = Precision.from_dict(ended or best["precision"])
-    precision.streak = 0
-    loop = _setup(task, cfg, precision, tracker)
+    loop = _setup(task, cfg, _ended_in(out, best), tracker)
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     model.load_state_dict(best["model"])
     averaged = AveragedModel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.swa_lr, weight_decay=cfg.weight_decay)
     scheduler = SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=1)
-    start = 1
-    last = out / "swa_last.pt"
+    last, done = out / "swa_last.pt", out / "swa.pt"
     swa_key = f"{key}:{best['epoch']}"
-    if last.is_file():
-        state = load_checkpoint(last, loop.device)
-        done = out / "swa.pt"
-        if state.get("key") == swa_key and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():
-            # finished before: leave swa.pt untouched (later tasks key on its bytes)
-            return dict(load_checkpoint(done, loop.device).get("metrics", {}))
-        if state.get("key") == swa_key:
-            model.load_state_dict(state["model"])
-            averaged.load_state_dict(state["averaged"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            loop.use(Precision.from_dict(state["precision"]))
-            start = int(state["epoch"]) + 1
+    state = _swa_state(loop, last, swa_key)
+    if state is not None and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():
+        # finished before: leave swa.pt untouched (later tasks key on its bytes)
+        return dict(load_checkpoint(done, loop.device).get("metrics", {}))
+    start = 1 if state is None else _swa_resume(loop, state, model, averaged, optimizer, scheduler)
     wrapped = _wrap(model, loop)
     dataset = task.train_dataset(train_ids)
-    offset = 10_000  # SWA epochs draw other random streams than training epochs
     for epoch in range(start, cfg.swa_epochs + 1):
-        label = f"swa epoch {epoch}"
-        loss, skipped = loop.train_epoch(
-            wrapped, optimizer, dataset, offset + epoch, label, schedule=False
+        _swa_epoch(
+            loop, model, wrapped, averaged, optimizer, scheduler, dataset, epoch, last, swa_key
         )
-        averaged.update_parameters(model)
-        scheduler.step()
-        if loop.rank == 0:
-            loop.tracker.log_metrics({"swa_train_loss": loss, "swa_skipped_steps": skipped},
-                                     step=epoch)  # fmt: skip
-            save_checkpoint(last, {
-                "model": model.state_dict(), "averaged": averaged.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "key": swa_key, "precision": loop.precision.to_dict(),
-            })  # fmt: skip
-        _barrier(loop.world)
-    metrics: dict[str, float] = {}
-    if loop.rank == 0:
-        swa_model = averaged.module
-        if val_ids:
-            swa_model.eval()
-            with torch.inference_mode():
-                metrics = task.validate(swa_model, val_ids, loop.device, loop.autocast)
-            loop.tracker.log_metrics(
-                {f"swa_val_{k}": v for k, v in metrics.items()}, step=cfg.swa_epochs
-            )
-        save_checkpoint(out / "swa.pt", {
-            "model": swa_model.state_dict(), "epoch": best["epoch"], "metrics": metrics,
-            "task": task.state(), "key": key, "precision": loop.precision.to_dict(),
-        })  # fmt: skip
+    metrics = _save_swa(loop, averaged, val_ids, out, best["epoch"], key) if loop.rank == 0 else {}
     _barrier(loop.world)
     return metrics
