@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from hecktor.config import PrepareConfig, SplitConfig, SynthConfig, load_config
-from hecktor.tasks import SegmentationTask
+from hecktor.tasks.seg import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 

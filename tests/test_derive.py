@@ -5,8 +5,9 @@ import json
 import pytest
 
 from hecktor.checkpoints import FINAL
-from hecktor.data.splits import load_splits, task_folds
+from hecktor.data.folds import load_splits
 from hecktor.derive import _sources
+from hecktor.tasks import task_folds
 
 
 def _finished(folder, weights: str, data: bytes) -> None:

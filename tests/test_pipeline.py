@@ -60,7 +60,8 @@ def test_repro_runs_every_stage_then_nothing(project):
 
     tuned = yaml.safe_load((project / "tuned" / "seg.yaml").read_text())
     assert tuned["study"].startswith("seg-tiny-") and tuned["values"]
-    assert "| 1: segmentation |" in (project / "reports" / "index.md").read_text()
+    report = (project / "reports" / "index.md").read_text()
+    assert "| Task 1: GTVp and GTVn segmentation | hold-out GTVp_DSC |" in report
 
     second = _run(["dvc", "repro"], project)
     assert second.returncode == 0

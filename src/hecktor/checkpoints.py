@@ -89,6 +89,12 @@ def model_from(task: Buildable, state: dict[str, Any], device: torch.device) -> 
     return model.eval()
 
 
+def restored(network: nn.Module, state: dict[str, Any], device: torch.device) -> nn.Module:
+    """``network`` with the checkpoint's weights, on ``device``, in eval mode."""
+    network.load_state_dict(state["model"])
+    return network.to(device).eval()
+
+
 def load_trained(
     task: Buildable, folder: Path | str, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -112,3 +118,17 @@ def best_fold(task_root: Path | str) -> Path | None:
     folds = json.loads(summary_path.read_text())["folds"]
     name = max(folds, key=lambda f: np.nan_to_num(fold_score(folds[f]), nan=-1.0))
     return trained_checkpoint(Path(task_root) / name)
+
+
+def kfold_checkpoints(
+    task_root: Path | str, folds: list[tuple[str, str, list[str], list[str]]], prefix: str = ""
+) -> dict[str, Path]:
+    """The final weights of each k-fold model among ``folds`` (what a fold ensemble is made of)."""
+    files = {
+        name: trained_checkpoint(Path(task_root) / f"{prefix}{name}")
+        for name, kind, _, _ in folds
+        if kind == "kfold"
+    }
+    if not files:
+        raise ValueError(f"{task_root}: no k-fold models to bundle")
+    return files

@@ -2,6 +2,8 @@
 
 Values come from ``params.yaml`` (resolved for the chosen profile); options given on the command
 line win. Bad input ends with one message naming each patient and file at fault and exit code 2.
+The task verbs take their choices from :data:`hecktor.tasks.TASKS`. Each verb imports the modules
+it runs when it runs, so that ``hecktor --help`` or ``validate`` never load torch, MLflow or Optuna.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from hecktor import __version__, io
 from hecktor.config import Config, ConfigError, apply_tuned, load_config, override
 from hecktor.data.layout import InputError
+from hecktor.tasks import TASKS, spec_of
+from hecktor.tasks.spec import resolve
 
 log = logging.getLogger("hecktor")
-TASK_HELP = {"seg": "Task 1", "hpv": "Task 3", "rfs": "Task 2"}
 
 
 def _common(defaults: bool = True) -> argparse.ArgumentParser:
@@ -92,11 +95,10 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _upstream_inputs(task: str, cfg: Config) -> None:
-    """Task 2 trains on what Tasks 1 and 3 predict: make (or reuse) those inputs first."""
-    if task == "rfs":
-        from hecktor.derive import derive_rfs_inputs
-
-        derive_rfs_inputs(cfg)
+    """A task that trains on what other tasks predict (Task 2) makes (or reuses) those inputs."""
+    make = spec_of(task).inputs
+    if make is not None:
+        resolve(make)(cfg)
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> None:
@@ -116,13 +118,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _crossval(args: argparse.Namespace, cfg: Config) -> None:
-    if args.task == "seg":
-        from hecktor.crossval.seg import crossval_seg as run
-    elif args.task == "hpv":
-        from hecktor.crossval.hpv import crossval_hpv as run
-    else:
-        from hecktor.crossval.rfs import crossval_rfs as run
-    run(cfg, track=not args.no_track)
+    resolve(spec_of(args.task).crossval)(cfg, track=not args.no_track)
 
 
 def _tune(args: argparse.Namespace, cfg: Config) -> None:
@@ -135,17 +131,16 @@ def _tune(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _derive(args: argparse.Namespace, cfg: Config) -> None:
-    from hecktor.derive import derive_rfs_inputs
-
-    log.info("Task 2 inputs written to %s", derive_rfs_inputs(cfg))
+    spec = spec_of(args.task)
+    log.info("%s: inputs written to %s", spec.title, resolve(spec.inputs or "")(cfg))
 
 
 def _register(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor import tracking
-    from hecktor.inference.bundle import load_bundle
+    from hecktor.bundle import load_bundle
     from hecktor.register import build_bundles
 
-    built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles")
+    built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles", args.tasks)
     if args.no_track:
         log.info("bundles written to %s (not registered)", ", ".join(map(str, built.values())))
         return
@@ -157,17 +152,17 @@ def _register(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
-    from hecktor.inference.bundle import load_bundles
+    from hecktor.inference.sources import load_bundles
 
     models = args.models or os.environ.get("HECKTOR_MODELS")
-    uris = {"seg": args.seg_model, "hpv": args.hpv_model, "rfs": args.rfs_model}
-    return load_bundles(cfg.paths.mlruns, cache, models, uris)
+    uris = {task: getattr(args, f"{task}_model") for task in TASKS}
+    return load_bundles(cfg.paths.mlruns, cache, models, uris, args.tasks)
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> None:
     import tempfile
 
-    from hecktor.inference.bundle import export_bundles
+    from hecktor.inference.sources import export_bundles
 
     with tempfile.TemporaryDirectory(prefix="hecktor-export-") as cache:
         bundles = _bundles(args, cfg, Path(cache))
@@ -205,7 +200,8 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
 def _report(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.reports import write_pipeline_report
 
-    log.info("report written to %s", write_pipeline_report(cfg))
+    titles = {name: spec.title for name, spec in TASKS.items()}
+    log.info("report written to %s", write_pipeline_report(cfg, titles))
 
 
 def _ablate(args: argparse.Namespace, cfg: Config) -> None:
@@ -293,22 +289,24 @@ def _data_verbs(verbs, common: argparse.ArgumentParser) -> None:
 
 def _task_verbs(verbs, common: argparse.ArgumentParser) -> None:
     """train, crossval, ablate, tune, derive: one task at a time."""
+    every = {name: spec.title for name, spec in TASKS.items()}
+    derived = {name: spec.title for name, spec in TASKS.items() if spec.inputs is not None}
     task_verbs = (
-        ("train", _train, TASK_HELP, "train a task's models on its split (then SWA)",
+        ("train", _train, every, "train a task's models on its split (then SWA)",
          "Train on every fold of the task's split, refine by SWA, track in MLflow. "
          "Resumes from the last checkpoint after a kill. Runs under torchrun for DDP."),
-        ("crossval", _crossval, TASK_HELP, "score trained models on held-out patients beside baselines",
+        ("crossval", _crossval, every, "score trained models on held-out patients beside baselines",
          "Score every fold's validation patients and the test set with the challenge metrics, "
          "beside the task's baseline and the oracle."),
-        ("ablate", _ablate, {"hpv": "Task 3"}, "clinical-variable ablation (the paper's Table 3)",
+        ("ablate", _ablate, {"hpv": TASKS["hpv"].title}, "clinical-variable ablation (the paper's Table 3)",
          "Set each clinical variable, then all, to unknown at inference; balanced accuracy of each."),
-        ("tune", _tune, TASK_HELP, "tune a task's hyperparameters with Optuna across folds",
+        ("tune", _tune, every, "tune a task's hyperparameters with Optuna across folds",
          "Run or continue the task's Optuna study (search space: tune.<task> in params.yaml) and "
          "write the best values to tuned/<task>.yaml, which training reads. Start several at once "
          "on one storage to tune in parallel."),
-        ("derive", _derive, {"rfs": "Task 2"}, "Task 2's inputs from the Task 1 and 3 models",
-         "Predicted masks (Task 1) and HPV status (Task 3) for every Task 2 patient, out of fold "
-         "wherever the splits allow."),
+        ("derive", _derive, derived, "a task's inputs from its upstream tasks' models",
+         "Task 2: predicted masks (Task 1) and HPV status (Task 3) for every Task 2 patient, out "
+         "of fold wherever the splits allow."),
     )  # fmt: skip
     for name, func, tasks, summary, description in task_verbs:
         p = verbs.add_parser(name, parents=[common], help=summary, description=description)
@@ -325,24 +323,30 @@ def _task_verbs(verbs, common: argparse.ArgumentParser) -> None:
 
 def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
     """register, export, predict: the models and new patients."""
+    names = ", ".join(spec.registry_name for spec in TASKS.values())
     p = verbs.add_parser("register", parents=[common], help="bundle the trained models and register them in MLflow",
-                         description="Bundle the Task 1, 3 and 2 models (weights, config, CV metrics, versions) and "
-                         "register them as hecktor-seg, hecktor-hpv, hecktor-rfs. The alias 'champion' moves to a "
+                         description="Bundle each task's models (weights, config, CV metrics, versions) and "
+                         f"register them as {names}. The alias 'champion' moves to a "
                          "new version only if its cross-validated score beats the champion's; otherwise the new "
                          "version becomes 'challenger'. An unchanged bundle is not registered twice.")  # fmt: skip
     p.add_argument("--out", help="bundle folder (default: <paths.models>/bundles)")
     p.add_argument("--no-track", action="store_true", help="write the bundles only")
+    p.add_argument("tasks", nargs="*", metavar="TASK",
+                   help=f"tasks to register (default: all of {', '.join(TASKS)})")  # fmt: skip
     p.set_defaults(func=_register)
 
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--models", help="an `hecktor export` folder (default: $HECKTOR_MODELS, "
                                "else the registry)")  # fmt: skip
-    for task, name in (("seg", "hecktor-seg"), ("hpv", "hecktor-hpv"), ("rfs", "hecktor-rfs")):
+    model_options.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK",
+                               help="only these tasks, with the tasks they depend on (default: all of "
+                               f"{', '.join(TASKS)})")  # fmt: skip
+    for task, spec in TASKS.items():
         model_options.add_argument(f"--{task}-model", metavar="URI",
-                                   help=f"model URI or bundle folder (default: models:/{name}@champion)")  # fmt: skip
+                                   help=f"model URI or bundle folder (default: models:/{spec.registry_name}@champion)")  # fmt: skip
 
     p = verbs.add_parser("export", parents=[common, model_options], help="copy registered models into a folder",
-                         description="Download the three models (the champions unless told otherwise) into one "
+                         description="Download the models (the champions unless told otherwise) into one "
                          "folder, e.g. to build the Docker image; `predict --models` reads it without MLflow.")  # fmt: skip
     p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     p.set_defaults(func=_export)

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from hecktor import planning
 from hecktor.fingerprints import json_digest
 
 Profile = Literal["tiny", "demo", "paper"]
@@ -255,6 +256,26 @@ class Config(_Section):
                     with_values(getattr(self, task), {key: None})
                 except ConfigError as err:
                     raise ValueError(f"tune.{task}.space: {err}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_network(self) -> Config:
+        """Task 1's and Task 3's patches must be divisible as the planned network downsamples;
+        said here, naming the key, not mid-run. (Task 3 also encodes whole prepared volumes: that
+        shape is checked when the task starts, against the plan of the weights it starts from.)"""
+        spacing = tuple(reversed(self.prepare.spacing_mm))
+        shape = tuple(reversed([round(c / s) for c, s in
+                                zip(self.prepare.crop_mm, self.prepare.spacing_mm, strict=True)]))  # fmt: skip
+        patch = tuple(min(p, s) for p, s in zip(self.seg.patch_size, shape, strict=True))
+        _, strides = planning.kernels_and_strides(self.seg.network, patch, spacing)
+        for size, what in (
+            (patch, "seg.patch_size (within the prepared volume)"),
+            (tuple(min(p, s) for p, s in zip(self.hpv.patch_size, shape, strict=True)),
+             "hpv.patch_size (within the prepared volume)"),
+        ):  # fmt: skip
+            problem = planning.misfit(size, strides, self.seg.network, what)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def digest(self, sections: tuple[str, ...] | None = None) -> str:

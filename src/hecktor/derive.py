@@ -29,12 +29,16 @@ from tqdm import tqdm
 from hecktor import io
 from hecktor.checkpoints import load_checkpoint, load_trained, model_from, trained_checkpoint
 from hecktor.config import Config
+from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import load_prepared
-from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
+from hecktor.data.splits import fold_predictions
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import files_digest, training_code
 from hecktor.prediction import remove_small_lesions
-from hecktor.tasks import HPVTask, SegmentationTask, rfs_inputs_dir
+from hecktor.tasks import task_folds
+from hecktor.tasks.hpv import HPVTask
+from hecktor.tasks.rfs import rfs_inputs_dir
+from hecktor.tasks.seg import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
     splits = load_splits(cfg.paths.splits)
     seg_folds = [
         (name, set(train_ids), trained_checkpoint(seg_root / name))
-        for name, train_ids, _ in folds_of(splits, "seg", cfg.seg.split, cfg.seg.folds)
+        for name, train_ids, _ in folds_of(splits, "task1", cfg.seg.split, cfg.seg.folds)
         if name in seg_summary["folds"]
     ]
     # the weights the HPV fold models load (SWA when it ran): a new SWA result must remake the inputs

@@ -25,7 +25,9 @@ PACKAGE = Path(__file__).resolve().parent
 # together).
 TRAINING_CODE = (
     "training",
-    "tasks.py",
+    "tasks",
+    "planning.py",
+    "data/folds.py",
     "prediction.py",
     "devices.py",
     "checkpoints.py",

@@ -74,43 +74,24 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3
 # --------------------------------------------------------------------------- the pipeline report
 
 
-def _nulls_as_nan(data):
-    """Metrics read back from strict JSON: an undefined figure (null) is NaN again."""
-    if isinstance(data, dict):
-        return {k: float("nan") if v is None else _nulls_as_nan(v) for k, v in data.items()}
-    return data
+def headline_row(
+    figure: str, network: float | None, baseline: float | None, oracle: float | None, winner: str
+) -> dict:
+    """One row of a task's ``headline`` (in its metrics JSON): a figure of the network, of its
+    baseline on the same patients and of the oracle (synthetic cohorts only), and which wins."""
+    return {"figure": figure, "network": network, "baseline": baseline, "oracle": oracle,
+            "winner": winner}  # fmt: skip
 
 
-def headline_rows(seg: dict | None, hpv: dict | None, rfs: dict | None) -> list[dict]:
-    """One row per task and figure: network, its baseline and the oracle, and which wins."""
-    nan = float("nan")
-    seg, hpv, rfs = (_nulls_as_nan(m) for m in (seg, hpv, rfs))
+def headline_rows(metrics: dict[str, dict | None], titles: dict[str, str]) -> list[dict]:
+    """Every task's headline rows, titled, in the order of ``titles``."""
     rows: list[dict] = []
-    if seg:
-        net, base = seg["variants"][seg["network"]], seg["variants"].get("baseline", {})
-        for key in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"):
-            rows.append({"task": "1: segmentation", "figure": f"hold-out {key}",
-                         "network": net[key], "baseline": base.get(key, nan), "oracle": nan,
-                         "winner": seg["winner"].get(key, "")})  # fmt: skip
-    if hpv:
-        for split, key, oracle in (("cv", "cv_balanced_accuracy", "cv"),
-                                   ("test_ensemble", "test_ensemble_balanced_accuracy", "test")):  # fmt: skip
-            rows.append({"task": "3: HPV status", "figure": f"{split} balanced accuracy",
-                         "network": hpv["network"].get(split, {}).get("balanced_accuracy", nan),
-                         "baseline": hpv["baseline"].get(split, {}).get("balanced_accuracy", nan),
-                         "oracle": hpv["oracle"].get(oracle, {}).get("balanced_accuracy", nan),
-                         "winner": hpv["winner"].get(key, "")})  # fmt: skip
-    if rfs:
-        for split, oracle in (("cv", "cv"), ("test_ensemble", "test")):
-            networks = {m: v.get(split, {}).get("c_index", nan) for m, v in rfs["network"].items()}
-            mode = max(networks, key=lambda m: networks[m]) if networks else ""
-            rows.append({"task": "2: recurrence-free survival",
-                         "figure": f"{split} C-index (network trained on {mode} inputs)",
-                         "network": networks.get(mode, nan),
-                         "baseline": max(rfs["baseline_clinical"].get(split, {}).get("c_index", nan),
-                                         rfs["baseline_clinical_image"].get(split, {}).get("c_index", nan)),
-                         "oracle": rfs["oracle"].get(oracle, {}).get("c_index", nan),
-                         "winner": rfs["winner"].get(split, "")})  # fmt: skip
+    for task, title in titles.items():
+        result = metrics.get(task)
+        if result:
+            nan = float("nan")
+            rows += [{"task": title, **{k: nan if v is None else v for k, v in row.items()}}
+                     for row in result.get("headline", [])]  # fmt: skip
     return rows
 
 
@@ -123,6 +104,7 @@ def pipeline_report(
     metrics: dict[str, dict | None],
     sections: dict[str, str],
     tuned: dict[str, dict | None],
+    titles: dict[str, str],
 ) -> str:
     """The one page: headline table, tuned values, then every task's own report (with figures)."""
     lines = [
@@ -134,7 +116,7 @@ def pipeline_report(
         "same patients and folds.",
         "",
         markdown_table(
-            headline_rows(metrics.get("seg"), metrics.get("hpv"), metrics.get("rfs")),
+            headline_rows(metrics, titles),
             ["task", "figure", "network", "baseline", "oracle", "winner"],
         ),
         "",
@@ -154,20 +136,20 @@ def pipeline_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_pipeline_report(cfg: Config) -> Path:
-    """Gather ``metrics/``, ``tuned/``, the task reports and figures into ``reports/index.md``."""
+def write_pipeline_report(cfg: Config, titles: dict[str, str]) -> Path:
+    """Gather ``metrics/``, ``tuned/``, the task reports (``<task>.md``, then ``<task>_*.md``)
+    and figures into ``reports/index.md``; ``titles`` names the tasks, in report order."""
 
     def load(path: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
 
     metrics_dir, reports_dir = Path(cfg.paths.metrics), Path(cfg.paths.reports)
-    metrics = {t: load(metrics_dir / f"{t}.json") for t in ("seg", "hpv", "rfs")}
-    sections = {
-        name: (reports_dir / f"{name}.md").read_text()
-        for name in ("seg", "hpv", "hpv_ablation", "rfs")
-        if (reports_dir / f"{name}.md").is_file()
-    }
-    tuned = {t: read_tuned(cfg, t) for t in ("seg", "hpv", "rfs")}
+    metrics = {t: load(metrics_dir / f"{t}.json") for t in titles}
+    pages = [
+        p for t in titles for p in (reports_dir / f"{t}.md", *sorted(reports_dir.glob(f"{t}_*.md")))
+    ]
+    sections = {p.stem: p.read_text() for p in pages if p.is_file()}
+    tuned = {t: read_tuned(cfg, t) for t in titles}
     out = reports_dir / "index.md"
-    io.write_text(out, pipeline_report(metrics, sections, tuned))
+    io.write_text(out, pipeline_report(metrics, sections, tuned, titles))
     return out

@@ -12,10 +12,16 @@ import logging
 import math
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import yaml
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from hecktor import io
 from hecktor.config import Config
@@ -39,14 +45,11 @@ def artifact_location(mlruns: Path | str) -> str:
 
 def experiment(name: str, mlruns: Path | str) -> str:
     """Point MLflow at the store and return the id of experiment ``name``, created if needed."""
-    import mlflow
 
     # Decide before set_tracking_uri: MLflow exports the URI it is given to the environment.
     local = not os.environ.get(ENV) or os.environ[ENV] == tracking_uri(mlruns)
     guard: contextlib.AbstractContextManager = contextlib.nullcontext()
     if local:
-        from filelock import FileLock
-
         Path(mlruns).mkdir(parents=True, exist_ok=True)
         # processes starting together (Optuna workers) must not create the database twice
         guard = FileLock(str(Path(mlruns) / "store.lock"))
@@ -116,8 +119,6 @@ class Tracker:
         self.run_id = run_id
         self._client = None
         if run_id is not None:
-            from mlflow.tracking import MlflowClient
-
             self._client = MlflowClient()
 
     @property
@@ -127,9 +128,6 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self._client is None:
             return
-        import time
-
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [
@@ -143,7 +141,6 @@ class Tracker:
     def log_params(self, params: dict[str, object]) -> None:
         if self._client is None:
             return
-        from mlflow.entities import Param
 
         batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(batch), 100):
@@ -152,7 +149,6 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._client is None:
             return
-        from mlflow.entities import RunTag
 
         self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -201,7 +197,6 @@ def run(
     if not enabled:
         yield Tracker(None)
         return
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     all_tags = {"mlflow.runName": name, **(tags or {})}
@@ -232,7 +227,6 @@ REGISTRY_EXPERIMENT = "hecktor-registry"
 
 
 def _champion(client, name: str):
-    from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
@@ -267,8 +261,6 @@ def promote(client, name: str, version: str, score: float, data: str | None = No
 def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[str, str]:
     """Log ``bundle`` as a new version of its registered model, unless the latest identical one
     exists, and apply :func:`promote`. Returns the name, version and alias."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     experiment_id = experiment(REGISTRY_EXPERIMENT, mlruns)
     client = MlflowClient()
@@ -318,8 +310,6 @@ def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str) -> tuple[Path, s
     returns the folder and the registry version when the URI names one."""
     if Path(uri).is_dir():
         return Path(uri), None
-    import mlflow
-    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri(mlruns))
     version = None

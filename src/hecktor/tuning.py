@@ -41,8 +41,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import optuna
+import yaml
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.visualization import matplotlib as plots
 
 from hecktor import io, tracking
 from hecktor.config import (
@@ -54,9 +64,10 @@ from hecktor.config import (
     tuned_file,
     with_values,
 )
-from hecktor.data.splits import load_splits, task_folds
+from hecktor.data.folds import load_splits
 from hecktor.fingerprints import file_sha256, json_digest, prepared_digest, training_code
-from hecktor.training.workflow import EVALUATION_ONLY, train
+from hecktor.tasks import config_sections, spec_of, task_folds
+from hecktor.training.workflow import train
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +77,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def study_name(cfg: Config, task: str) -> str:
     """``<task>-<profile>-<hash>``: the hash covers everything a trial's score depends on."""
     spec = getattr(cfg.tune, task)
-    sections = {s: getattr(cfg, s).model_dump(mode="json") for s in ("prepare", "split", "seg")}
-    sections[task] = getattr(cfg, task).model_dump(
-        mode="json", exclude=EVALUATION_ONLY.get(task, set())
-    )
+    own = spec_of(task)
+    sections = {
+        s: getattr(cfg, s).model_dump(mode="json")
+        for s in config_sections(task)[1:]
+        if s != own.section
+    }
+    sections[own.section] = own.model_settings(cfg)
     splits = Path(cfg.paths.splits)
     settings = {
         "sections": sections,
@@ -85,9 +99,6 @@ def storage_of(cfg: Config) -> optuna.storages.BaseStorage | str:
     """The configured storage URL, else a journal file under ``paths.studies``."""
     if cfg.tune.storage:
         return cfg.tune.storage
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     path = Path(cfg.paths.studies) / "journal.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -292,8 +303,6 @@ def _discard(cfg: Config, out: Path) -> None:
 
 def _study_lock(cfg: Config, study: optuna.Study):
     """A file lock that the workers of one study share (the study storage has no transactions)."""
-    from filelock import FileLock
-
     lock = Path(cfg.paths.studies) / f"{study.study_name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(lock))
@@ -305,8 +314,6 @@ def _study_run(cfg: Config, study: optuna.Study, experiment: str, track: bool, t
     if not track:
         yield tracking.Tracker(None)
         return
-    from mlflow.tracking import MlflowClient
-
     with contextlib.ExitStack() as stack:
         with _study_lock(cfg, study):
             run_id = study.user_attrs.get("mlflow_run_id")
@@ -400,8 +407,6 @@ def summarise(cfg: Config, task: str, study: optuna.Study) -> dict:
 
 
 def _render(result: dict) -> str:
-    import yaml
-
     head = (
         f"# Tuned values of {result['task']}: written by `hecktor tune {result['task']}`, read by "
         "training and scoring over params.yaml.\n"
@@ -411,8 +416,6 @@ def _render(result: dict) -> str:
 
 def _log_study(study: optuna.Study, run: tracking.Tracker, result: dict) -> None:
     """Best-trial tags, the best values, and the history and importance plots on the study run."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     for trial in study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -423,12 +426,6 @@ def _log_study(study: optuna.Study, run: tracking.Tracker, result: dict) -> None
     # tags, not params: a continued study may find another best
     run.set_tags({f"best.{k}": str(v) for k, v in result["values"].items()})
     run.log_dict(result, "tuned.json")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, draw in (

@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 
 from hecktor.data import splits
+from hecktor.data.folds import load_splits
 
 
 def test_kfold_validates_each_patient_once():
@@ -54,7 +55,7 @@ def test_holdout_size():
 def test_split_file_from_prepared_data(tmp_path, prepared_dir, split_cfg):
     out = tmp_path / "splits.json"
     result = splits.write_splits(prepared_dir, out, split_cfg)
-    assert splits.load_splits(out) == result
+    assert load_splits(out) == result
     for task in ("task1", "task2", "task3"):
         entry = result[task]
         test = set(entry.get("test", []))

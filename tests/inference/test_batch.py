@@ -14,7 +14,7 @@ from hecktor import evaluation
 from hecktor.cli import main
 from hecktor.data import layout
 from hecktor.inference.batch import find_patients, predict_container, predict_folder
-from hecktor.inference.bundle import load_bundles
+from hecktor.inference.sources import load_bundles
 from hecktor.io import OutputError
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_a_broken_patient_is_reported_and_the_others_are_predicted(
     clinical.write_text(f"PatientID,Age,Gender\n{good[0]},61,M\n{good[1]},,F\n")
     out = tmp_path / "out"
     code = main(["predict", "--input", str(root), "--output", str(out), "--clinical",
-                 str(clinical), "--models", str(bundles.seg.root.parent)])  # fmt: skip
+                 str(clinical), "--models", str(bundles["seg"].root.parent)])  # fmt: skip
     assert code == 1
     assert broken in caplog.text and "PET.mha" in caplog.text
     manifest = json.loads((out / "manifest.json").read_text())
@@ -131,7 +131,7 @@ def test_container_mode_names_a_bad_ehr_value(bundles, release_dir, tmp_path, ca
     pet = sitk.ReadImage(str(src / f"{pid}__PT.nii.gz"))
     layout.write_container_input(tmp_path / "input", pid, ct, pet, {"Gender": "robot"})
     code = main(["predict", "--container", "--input", str(tmp_path / "input"), "--output",
-                 str(tmp_path / "output"), "--models", str(bundles.seg.root.parent)])  # fmt: skip
+                 str(tmp_path / "output"), "--models", str(bundles["seg"].root.parent)])  # fmt: skip
     assert code == 2
     assert pid in caplog.text and "ehr.json" in caplog.text and "Gender" in caplog.text
     assert not (tmp_path / "output").exists()
@@ -193,7 +193,7 @@ def test_misspelt_clinical_headers_exit_2_naming_the_expected_columns(
     clinical = _clinical_csv(tmp_path / "c.csv", pids, "PatientID,age,sex", [f"{pids[0]},61,M"])
     out = tmp_path / "out"
     code = main(["predict", "--input", str(root), "--output", str(out), "--clinical",
-                 str(clinical), "--models", str(bundles.seg.root.parent)])  # fmt: skip
+                 str(clinical), "--models", str(bundles["seg"].root.parent)])  # fmt: skip
     assert code == 2
     assert (
         "unknown column(s) ['age', 'sex']" in caplog.text and "'Tobacco Consumption'" in caplog.text
@@ -220,7 +220,7 @@ def test_clinical_rows_and_patients_must_match_or_be_named(bundles, release_dir,
 def test_no_clinical_data_is_an_explicit_choice(bundles, release_dir, tmp_path, caplog):
     root = tmp_path / "new"
     _patient_folders(release_dir, root, 1)
-    models = ["--models", str(bundles.seg.root.parent)]
+    models = ["--models", str(bundles["seg"].root.parent)]
     args = ["predict", "--input", str(root), *models, "--output"]
     assert main([*args, str(tmp_path / "a")]) == 2
     assert "--no-clinical" in caplog.text and not (tmp_path / "a").exists()
@@ -278,7 +278,7 @@ class Blocked:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Blocked())
 from hecktor.inference.batch import predict_folder
-from hecktor.inference.bundle import load_bundles
+from hecktor.inference.sources import load_bundles
 bundles = load_bundles({str(tmp_path / "store")!r}, {str(bundle_dir)!r}, models_dir={str(bundle_dir)!r})
 manifest = predict_folder(bundles, {str(release_dir)!r}, {str(tmp_path / "out")!r})
 print("predicted", manifest["predicted"], "failed", len(manifest["failed"]))
@@ -305,7 +305,8 @@ def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
     from hecktor.devices import autocast_for, precision_for
     from hecktor.inference.batch import Predictor, read_images
     from hecktor.prediction import remove_small_lesions
-    from hecktor.tasks import HPVTask, SegmentationTask
+    from hecktor.tasks.hpv import HPVTask
+    from hecktor.tasks.seg import SegmentationTask
 
     patient = find_patients(release_dir).patients[0]
     mask, row = Predictor(bundles, "cpu")(read_images(patient), patient.clinical)
@@ -314,7 +315,7 @@ def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
     autocast = autocast_for(precision_for("auto", cpu), cpu)  # what predict runs in
     case = load_prepared(prepared, patient.patient)
     seg_task = SegmentationTask(trained_cfg.seg, prepared)
-    seg_model = model_from(seg_task, bundles.seg.weights(bundles.seg.members[0]), cpu)
+    seg_model = model_from(seg_task, bundles["seg"].weights(bundles["seg"].members[0]), cpu)
     labels = seg_task.predict(seg_model, case.image, cpu, autocast)
     labels = remove_small_lesions(labels, trained_cfg.seg.min_lesion_mm3, seg_task.voxel_mm3)
     on_ct = to_original_grid(
@@ -324,8 +325,8 @@ def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
 
     hpv_task = HPVTask(trained_cfg.hpv, trained_cfg.seg, prepared)
     logits = []
-    for member in bundles.hpv.members:
-        model = model_from(hpv_task, bundles.hpv.weights(member), cpu)
+    for member in bundles["hpv"].members:
+        model = model_from(hpv_task, bundles["hpv"].weights(member), cpu)
         logits.append(hpv_task.logits(model, [patient.patient], cpu, autocast)[0])
     expected = 1.0 / (1.0 + math.exp(-float(np.mean(logits))))
     assert row["HPV_probability"] == pytest.approx(expected, abs=1e-6)

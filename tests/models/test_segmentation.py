@@ -3,31 +3,7 @@ import torch
 
 from hecktor.config import SegConfig
 from hecktor.models.hpv import HPVNet
-from hecktor.models.segmentation import (
-    NETWORKS,
-    Plan,
-    build_segmenter,
-    divisor,
-    make_plan,
-    plan,
-)
-
-
-def test_plan_isotropic():
-    kernels, strides = plan((40, 40, 40), (3.0, 3.0, 3.0))
-    assert strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
-    assert kernels == [[3, 3, 3]] * 4
-    assert divisor(strides) == [8, 8, 8]
-
-
-def test_plan_paper_patch_has_five_downsamplings():
-    _, strides = plan((192, 192, 192), (1.0, 1.0, 1.0))
-    assert len(strides) == 6 and divisor(strides) == [32, 32, 32]
-
-
-def test_plan_anisotropic_spacing_skips_the_coarse_axis_first():
-    kernels, strides = plan((32, 64, 64), (3.0, 1.0, 1.0))
-    assert strides[1] == [1, 2, 2] and kernels[0] == [1, 3, 3]
+from hecktor.models.segmentation import NETWORKS, Plan, build_segmenter, make_plan
 
 
 def test_the_config_offers_every_network():

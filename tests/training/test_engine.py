@@ -14,17 +14,17 @@ import pytest
 import torch
 
 from hecktor import checkpoints, devices
-from hecktor.data.splits import folds_of
-from hecktor.tasks import SegmentationTask
+from hecktor.data.folds import folds_of
+from hecktor.tasks.seg import SegmentationTask
 from hecktor.training import engine
 from tests.conftest import PoisonedSegmentation
 
 
 def _task_and_fold(cfg):
-    from hecktor.data.splits import load_splits
+    from hecktor.data.folds import load_splits
 
     task = SegmentationTask(cfg.seg, cfg.paths.prepared)
-    _, train_ids, val_ids = folds_of(load_splits(cfg.paths.splits), "seg", "holdout")[0]
+    _, train_ids, val_ids = folds_of(load_splits(cfg.paths.splits), "task1", "holdout")[0]
     return task, train_ids, val_ids
 
 
@@ -216,13 +216,13 @@ _SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from hecktor.config import load_config, override
     from hecktor.training import engine
-    from hecktor.tasks import SegmentationTask
-    from hecktor.data.splits import load_splits
-    from hecktor.data.splits import folds_of
+    from hecktor.tasks.seg import SegmentationTask
+    from hecktor.data.folds import load_splits
+    from hecktor.data.folds import folds_of
     params, prepared, splits, out, epochs = sys.argv[1:6]
     cfg = load_config(params, "tiny")
     task = SegmentationTask(cfg.seg, prepared)
-    _, train_ids, val_ids = folds_of(load_splits(splits), "seg", "holdout")[0]
+    _, train_ids, val_ids = folds_of(load_splits(splits), "task1", "holdout")[0]
     train = override(cfg.seg.train, epochs=int(epochs))
     engine.fit(task, train_ids, val_ids, train, out, key="kill-test")
     """

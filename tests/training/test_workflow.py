@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from hecktor import tracking
 from hecktor.crossval.seg import crossval_seg
 from hecktor.data import layout
-from hecktor.data.splits import folds_of
+from hecktor.data.folds import folds_of
 from hecktor.training.workflow import train
 
 
@@ -72,16 +72,16 @@ def test_crossval_scores_every_variant_on_the_ct_grid(trained):
     cfg, _ = trained
     result = crossval_seg(cfg)
     assert set(result["variants"]) == {"best", "best_pp", "swa", "swa_pp", "baseline"}
-    assert result["network"] == "swa_pp"
+    assert result["chosen"] == "swa_pp"
     assert set(result["winner"].values()) <= {"network", "baseline", "tie"}
     saved = json.loads((cfg.paths.metrics / "seg.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert (cfg.paths.plots / "seg" / "mip.png").stat().st_size > 1000
     assert "| metric | network | baseline | winner |" in (cfg.paths.reports / "seg.md").read_text()
 
-    from hecktor.data.splits import load_splits
+    from hecktor.data.folds import load_splits
 
-    _, _, val_ids = folds_of(load_splits(cfg.paths.splits), "seg", "holdout")[0]
+    _, _, val_ids = folds_of(load_splits(cfg.paths.splits), "task1", "holdout")[0]
     release = layout.scan_release(cfg.paths.release)
     for patient in val_ids:
         ct = layout.read_nifti(release.image_case(patient).ct)
@@ -173,7 +173,8 @@ def test_segresnet_trains_tasks_1_and_3_from_its_stored_plan(project_cfg):
 
     from hecktor.checkpoints import load_checkpoint, load_trained, trained_checkpoint
     from hecktor.config import override
-    from hecktor.tasks import HPVTask, SegmentationTask
+    from hecktor.tasks.hpv import HPVTask
+    from hecktor.tasks.seg import SegmentationTask
 
     seg = override(project_cfg.seg, network="segresnet", base_filters=8)
     cfg = override(project_cfg, seg=seg)

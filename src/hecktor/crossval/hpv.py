@@ -9,7 +9,7 @@
 * Oracle (synthetic cohorts): the true HPV probability, thresholded at the training prevalence, the
   decision that maximises balanced accuracy: the best any model could do on these patients.
 
-Every decision is ``logit > 0`` (see :class:`hecktor.tasks.HPVTask`); the logistic
+Every decision is ``logit > 0`` (see :class:`hecktor.tasks.hpv.HPVTask`); the logistic
 regression is fitted with balanced class weights, so its 0 is the same balanced cut.
 """
 
@@ -27,9 +27,11 @@ from sklearn.metrics import roc_curve
 from hecktor import io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
-from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
+from hecktor.data.folds import folds_of, load_splits
+from hecktor.data.splits import fold_predictions
 from hecktor.derive import load_models, logits_of
-from hecktor.tasks import HPVTask
+from hecktor.tasks import task_folds
+from hecktor.tasks.hpv import HPVTask
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
         kind == "loco" for _, kind, _, _ in folds
     ):  # the baseline is cheap: always show LOCO
         splits = load_splits(cfg.paths.splits)
-        base_folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "hpv", "loco")]
+        base_folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "task3", "loco")]
     base = summarise(task, *baseline_logits(task, base_folds, test))
     cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
     headline = "test_ensemble" if "test_ensemble" in net else "cv"
@@ -203,6 +205,7 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
         "winner": winner,
         "threshold": "logit > 0 (probability 0.5 under balanced training)",
     }
+    result = common_keys(result) | result
     plots = Path(cfg.paths.plots) / "hpv"
     plots.mkdir(parents=True, exist_ok=True)
     _write_curves(plots, task, oof, tested)
@@ -232,6 +235,27 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
         },
     )
     return result
+
+
+def common_keys(result: dict) -> dict:
+    """The keys every task's metrics share: the registry's score and the report's headline rows."""
+    net, base, oracle = result["network"], result["baseline"], result["oracle"] or {}
+    rows = [
+        reports.headline_row(
+            f"{split} balanced accuracy",
+            net.get(split, {}).get("balanced_accuracy"),
+            base.get(split, {}).get("balanced_accuracy"),
+            oracle.get(truth, {}).get("balanced_accuracy"),
+            result["winner"].get(f"{split}_balanced_accuracy", ""),
+        )
+        for split, truth in (("cv", "cv"), ("test_ensemble", "test"))
+    ]
+    score = net["cv"]["balanced_accuracy"]
+    return {
+        "task": "hpv",
+        "score": {"name": "cross-validated balanced accuracy", "value": score},
+        "headline": rows,
+    }
 
 
 def render_report(result: dict) -> str:

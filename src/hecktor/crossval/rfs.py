@@ -29,11 +29,13 @@ from hecktor import io, metrics, reports, tracking
 from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
+from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import load_prepared
-from hecktor.data.splits import fold_predictions, folds_of, load_splits, task_folds
+from hecktor.data.splits import fold_predictions
 from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
-from hecktor.tasks import RFSTask
+from hecktor.tasks import task_folds
+from hecktor.tasks.rfs import RFSTask, registered_mode
 
 log = logging.getLogger(__name__)
 IMAGE_FEATURES = ("primary_cc", "suv_max", "mtv_cc", "tlg", "nodes")
@@ -177,6 +179,28 @@ def km_figure(task: RFSTask, patients, risk, title: str):
     return fig, p_value
 
 
+def common_keys(result: dict, modes, registered: str) -> dict:
+    """The keys every task's metrics share: the registry's score (the registered mode's) and the
+    report's headline rows (the better mode beside the better Cox baseline)."""
+    rows = []
+    for split, truth in (("cv", "cv"), ("test_ensemble", "test")):
+        networks = {m: result["network"][m].get(split, {}).get("c_index", np.nan) for m in modes}
+        mode = max(networks, key=lambda m: np.nan_to_num(networks[m], nan=-1))
+        baselines = [result[b].get(split, {}).get("c_index", np.nan)
+                     for b in ("baseline_clinical", "baseline_clinical_image")]  # fmt: skip
+        rows.append(reports.headline_row(
+            f"{split} C-index (network trained on {mode} inputs)", networks[mode],
+            max(baselines, key=lambda v: np.nan_to_num(v, nan=-1)),
+            result.get("oracle", {}).get(truth, {}).get("c_index"), result["winner"].get(split, ""),
+        ))  # fmt: skip
+    return {
+        "task": "rfs",
+        "score": {"name": "cross-validated C-index",
+                  "value": result["network"][registered]["cv"]["c_index"]},
+        "headline": rows,
+    }  # fmt: skip
+
+
 def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     """Score Task 2 (both training modes), its baselines and the oracle; writes metrics, KM, report."""
     task = RFSTask(cfg.rfs, cfg.paths.prepared, derive_rfs_inputs(cfg))
@@ -194,7 +218,8 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     base_folds = list(folds)
     if not any(kind == "loco" for _, kind, _, _ in folds):
         base_folds += [
-            (n, "loco", t, v) for n, t, v in folds_of(load_splits(cfg.paths.splits), "rfs", "loco")
+            (n, "loco", t, v)
+            for n, t, v in folds_of(load_splits(cfg.paths.splits), "task2", "loco")
         ]
     result["baseline_clinical"] = summarise(
         task, *baseline_risks(task, base_folds, test, False), cfg.rfs.bootstrap
@@ -230,6 +255,7 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     plots.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(plots / "km.png") as tmp:
         figure.savefig(tmp, dpi=90, format="png")
+    result = common_keys(result, cfg.rfs.modes, registered_mode(cfg)) | result
     io.write_json(Path(cfg.paths.metrics) / "rfs.json", result)
     io.write_text(Path(cfg.paths.reports) / "rfs.md", render_report(result, cfg.rfs.modes))
     if track:

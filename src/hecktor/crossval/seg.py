@@ -20,11 +20,11 @@ from hecktor import baselines, evaluation, io, metrics, reports, tracking
 from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config, SegConfig
 from hecktor.data import layout
+from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
-from hecktor.data.splits import folds_of, load_splits
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.prediction import remove_small_lesions
-from hecktor.tasks import SegmentationTask
+from hecktor.tasks.seg import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _score(pred_root: Path, network: str) -> dict:
             )
             io.write_json(pred_root / variant / "metrics.json", scores[variant])
     return {
-        "network": network,
+        "chosen": network,
         "n_patients": scores[network]["n_patients"],
         "variants": {v: {k: scores[v][k] for k in SEG_METRICS} for v in scores},
         "winner": {
@@ -108,8 +108,23 @@ def _score(pred_root: Path, network: str) -> dict:
     }
 
 
+def common_keys(result: dict, split: str) -> dict:
+    """The keys every task's metrics share: the registry's score and the report's headline rows."""
+    chosen, base = result["variants"][result["chosen"]], result["variants"]["baseline"]
+    where = "hold-out" if split == "holdout" else split
+    return {
+        "task": "seg",
+        "score": {"name": "score (mean of GTVp DSC, GTVn DSCagg, GTVn F1agg)",
+                  "value": chosen["score"]},
+        "headline": [
+            reports.headline_row(f"{where} {k}", chosen[k], base[k], None, result["winner"][k])
+            for k in SEG_METRICS
+        ],
+    }  # fmt: skip
+
+
 def render_report(result: dict, seg: SegConfig) -> str:
-    network = result["network"]
+    network = result["chosen"]
     rows = [{"variant": v, **result["variants"][v]} for v in result["variants"]]
     against = [
         {
@@ -142,7 +157,7 @@ def render_report(result: dict, seg: SegConfig) -> str:
 def crossval_seg(cfg: Config, track: bool = True) -> dict:
     """Predict, score and compare; writes predictions, ``metrics/seg.json``, plots and a report."""
     seg = cfg.seg
-    folds = folds_of(load_splits(cfg.paths.splits), "seg", seg.split, seg.folds)
+    folds = folds_of(load_splits(cfg.paths.splits), "task1", seg.split, seg.folds)
     model_root = Path(cfg.paths.models) / "seg"
     pred_root = Path(cfg.paths.predictions) / "seg"
     with io.atomic_dir(pred_root, "crossval seg") as tmp:
@@ -150,6 +165,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     # the registered variant: the folds' final weights (as training recorded them), post-processed
     finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
     result = _score(pred_root, "swa_pp" if finals == {"swa"} else "best_pp")
+    result = common_keys(result, seg.split) | result
     io.write_json(Path(cfg.paths.metrics) / "seg.json", result)
     figure = reports.mip_figure(figure_cases)
     plots = Path(cfg.paths.plots) / "seg"
@@ -165,7 +181,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
             run.log_figure(figure, "mip.png")
             run.log_dict(result, "seg.json")
     plt.close(figure)
-    for label in (result["network"], "baseline"):
+    for label in (result["chosen"], "baseline"):
         values = {k: round(v, 4) for k, v in result["variants"][label].items()}
         log.info("Task 1 (%s): %s", label, values)
     return result

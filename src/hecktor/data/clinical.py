@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,4 @@ class ClinicalEncoder:
 
 def read_clinical(prepared) -> pd.DataFrame:
     """The prepared clinical table, indexed by patient."""
-    from pathlib import Path
-
     return pd.read_csv(Path(prepared) / "clinical.csv").set_index("PatientID")

@@ -328,3 +328,20 @@ def prepare_release(release_root: Path | str, out: Path | str, cfg: PrepareConfi
         (tmp / "summary.json").write_text(json.dumps(_summary(index, members, cfg), indent=2))
     log.info("prepared %d patients into %s", len(patients), out)
     return index
+
+
+def load_summary(prepared: Path | str) -> dict:
+    """A prepared dataset's ``summary.json`` (grid, counts, settings)."""
+    return json.loads((Path(prepared) / "summary.json").read_text())
+
+
+def grid_of(summary: dict) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Spacing (z, y, x) in mm and volume shape (z, y, x) from a prepared dataset's summary (as
+    ``summary.json`` and a bundle's ``prepared`` entry hold it: spacing in x, y, z)."""
+    spacing = tuple(float(s) for s in reversed(summary["spacing_mm"]))
+    return spacing, tuple(int(v) for v in summary["shape_zyx"])  # type: ignore[return-value]
+
+
+def prepared_grid(prepared: Path | str) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Spacing (z, y, x) in mm and volume shape (z, y, x) of a prepared dataset."""
+    return grid_of(load_summary(prepared))

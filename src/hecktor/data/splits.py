@@ -12,7 +12,6 @@ in turn: the honest estimate of how a model does at a centre it has never seen.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from hecktor import io
-from hecktor.config import Config, SplitConfig
+from hecktor.config import SplitConfig
 from hecktor.data import preprocess
 
 Fold = dict[str, list[str]]
@@ -139,50 +138,6 @@ def write_splits(prepared: Path | str, out: Path | str, cfg: SplitConfig) -> dic
     splits = make_splits(prepared, cfg)
     io.write_json(out, splits)
     return splits
-
-
-def load_splits(path: Path | str) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-TASK_SPLIT_KEY = {"seg": "task1", "hpv": "task3", "rfs": "task2"}
-
-
-def folds_of(
-    splits: dict, task: str, split: str, only: tuple[int, ...] | None = None
-) -> list[tuple[str, list[str], list[str]]]:
-    """(name, train patients, validation patients) of each fold of ``split`` for ``task``."""
-    entry = splits[TASK_SPLIT_KEY[task]]
-    if split == "holdout":
-        if "holdout" not in entry:
-            raise ValueError(f"{task}: the splits file has no hold-out for {TASK_SPLIT_KEY[task]}")
-        folds = [("holdout", entry["holdout"]["train"], entry["holdout"]["val"])]
-    elif split == "kfold":
-        folds = [(f"fold-{i}", f["train"], f["val"]) for i, f in enumerate(entry.get("kfold", []))]
-    else:
-        folds = [(f"loco-{f['centre'][0]}", f["train"], f["val"]) for f in entry.get("loco", [])]
-    if only is not None:
-        folds = [f for i, f in enumerate(folds) if i in only]
-    if not folds:
-        raise ValueError(f"{task}: split {split!r} has no folds")
-    return folds
-
-
-def task_folds(
-    cfg: Config, task: str
-) -> tuple[list[tuple[str, str, list[str], list[str]]], list[str]]:
-    """(name, kind, train, val) of every fold a task trains, and its test patients.
-
-    ``kind`` is ``kfold``/``holdout`` or ``loco``; the leave-one-centre-out folds come beside the
-    configured split when the task's ``loco`` flag is set.
-    """
-    task_cfg = getattr(cfg, task)
-    splits = load_splits(cfg.paths.splits)
-    kind = "loco" if task_cfg.split == "loco" else task_cfg.split
-    folds = [(n, kind, t, v) for n, t, v in folds_of(splits, task, task_cfg.split, task_cfg.folds)]
-    if getattr(task_cfg, "loco", False) and task_cfg.split != "loco":
-        folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, task, "loco")]
-    return folds, list(splits[TASK_SPLIT_KEY[task]].get("test", []))
 
 
 def fold_predictions(

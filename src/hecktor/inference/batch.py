@@ -2,10 +2,10 @@
 HPV status (Task 3, from the images and clinical data), then recurrence-free survival (Task 2, from
 the images, the predicted masks and clinical data with the predicted HPV status).
 
-:class:`Predictor` holds the three bundles' models and applies them one patient at a time, through
-the same task classes that trained them. :func:`predict_folder` runs it over a folder of patients
-(restartable, one broken patient never stops the others); :func:`predict_container` reads and
-writes the challenge container's files.
+:class:`Predictor` holds the bundles' models and applies each task's predictor (declared with the
+task, :mod:`hecktor.tasks`) one patient at a time, upstream first. :func:`predict_folder` runs it
+over a folder of patients (restartable, one broken patient never stops the others);
+:func:`predict_container` reads and writes the challenge container's files.
 """
 
 from __future__ import annotations
@@ -16,34 +16,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from torch import nn
 from tqdm import tqdm
 
 from hecktor import io
 from hecktor.data import layout
-from hecktor.data.clinical import ClinicalEncoder
 from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import Geometry, preprocess, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import file_sha256, json_digest
-from hecktor.inference.bundle import Bundles
-from hecktor.models.segmentation import Plan, build_segmenter
-from hecktor.prediction import (
-    hpv_features,
-    hpv_logit,
-    remove_small_lesions,
-    rfs_risk,
-    segment,
-    survival_input,
-)
-from hecktor.tasks import grid_of, hpv_network, rfs_network, seg_plan
+from hecktor.inference.sources import Bundles
+from hecktor.tasks import TASKS
+from hecktor.tasks.spec import MASK, Outcome, PatientInputs, resolve
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["PatientID", "HPV_probability", "HPV_status", "RFS_risk"]
 PREDICTIONS = "predictions.csv"
 MANIFEST = "manifest.json"
 CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
@@ -51,92 +39,50 @@ CLINICAL_COLUMNS = (*layout.CLINICAL, "Treatment", "M-stage", "CenterID")
 OUTCOME_COLUMNS = ("RFS", "Relapse", "HPV Status")
 
 
-def _plan_of(state: dict) -> Plan | None:
-    plan = state.get("task", {}).get("plan")
-    return Plan.from_dict(plan) if plan else None
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One loaded fold model with the clinical encoding (and risk scale) it was trained with."""
-
-    model: nn.Module
-    encoder: ClinicalEncoder
-    risk_mean: float = 0.0
-    risk_std: float = 1.0
+def outputs_of(tasks: tuple[str, ...]) -> dict[str, str]:
+    """What a prediction of ``tasks`` writes per patient: the mask file and CSV columns, and what
+    each means (from the tasks' specs)."""
+    return {k: v for t in tasks for k, v in TASKS[t].outputs.items()}
 
 
 class Predictor:
-    """Task 1, 3 and 2 models applied to one patient at a time, on this machine's best precision.
+    """The bundles' tasks applied to one patient at a time, on this machine's best precision.
 
     Everything a prediction needs is in the bundles: the preprocessing settings, each network's
     plan and weights, each fold's clinical encoding and risk scale. A patient's prediction is the
-    chain of :mod:`hecktor.prediction` steps on arrays; nothing is written to disk.
+    chain of the tasks' predictors on arrays; nothing is written to disk.
     """
 
     def __init__(self, bundles: Bundles, device: str = "auto") -> None:
         bundles.check()
-        self.bundles = bundles
-        self.prepare = bundles.seg.prepare
+        self.tasks = bundles.tasks
+        self.prepare = bundles[self.tasks[0]].settings("prepare")
         self.device = resolve_device(device)
         self.autocast = autocast_for(precision_for("auto", self.device), self.device)
-        spacing, shape = grid_of(bundles.seg.manifest["prepared"])
-        self.voxel_mm3 = float(np.prod(spacing))
-        seg_cfg = bundles.seg.seg
-        seg_state = bundles.seg.weights(bundles.seg.members[0], self.device)
-        # bundles of networks trained before plans were saved: planned from their config
-        self.plan = _plan_of(seg_state) or seg_plan(seg_cfg, spacing, shape)
-        self.seg_model = self._loaded(build_segmenter(self.plan), seg_state)
-        self.hpv: list[_Member] = []
-        for member in bundles.hpv.members:
-            state = bundles.hpv.weights(member, self.device)
-            encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
-            plan = _plan_of(state) or seg_plan(seg_cfg, spacing, shape)
-            network = hpv_network(bundles.hpv.hpv, plan, encoder)
-            self.hpv.append(_Member(self._loaded(network, state), encoder))
-        self.rfs: list[_Member] = []
-        for member in bundles.rfs.members:
-            state = bundles.rfs.weights(member, self.device)
-            encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
-            network = self._loaded(rfs_network(bundles.rfs.rfs, encoder), state)
-            self.rfs.append(_Member(network, encoder, member["risk_mean"], member["risk_std"]))
-
-    def _loaded(self, network: nn.Module, state: dict) -> nn.Module:
-        network.load_state_dict(state["model"])
-        return network.to(self.device).eval()
+        self.steps = {
+            t: resolve(TASKS[t].predictor)(bundles[t], self.device, self.autocast)
+            for t in self.tasks
+        }
 
     def __call__(
         self, images: layout.RawCase, clinical: dict[str, object]
-    ) -> tuple[sitk.Image, dict[str, object]]:
-        """The mask on the patient's CT grid and the patient's row of predictions."""
+    ) -> tuple[sitk.Image | None, dict[str, object]]:
+        """The mask on the patient's CT grid (None if no task segments) and the patient's row of
+        predictions."""
         patient = images.patient
-        seg = self.bundles.seg.seg
-        steps = {"device": self.device, "autocast": self.autocast}
         prepared = preprocess(images, self.prepare)
-        labels = segment(self.seg_model, prepared.image, self.plan.patch, overlap=seg.sw_overlap,
-                         sw_batch_size=seg.sw_batch_size, **steps)  # fmt: skip
-        labels = remove_small_lesions(labels, seg.min_lesion_mm3, self.voxel_mm3)
-        mask = to_original_grid(
-            labels, Geometry.from_dict(prepared.meta["grid"]), Geometry.of(images.ct)
-        )
         table = pd.DataFrame([{k: clinical.get(k) for k in CLINICAL_COLUMNS}], index=[patient])
-        logits = []
-        for m in self.hpv:
-            features = hpv_features(m.model, prepared.image, **steps)
-            logits.append(hpv_logit(m.model, features, m.encoder.transform(table)[0], **steps))
-        logit = float(np.mean(logits))
-        status = int(logit > 0)
-        inputs = survival_input(prepared.image, labels)
-        with_status = table.assign(**{"HPV Status": float(status)})  # Task 3's call, as in training
-        risks = []
-        for m in self.rfs:
-            risk = rfs_risk(m.model, inputs, m.encoder.transform(with_status)[0], **steps)
-            risks.append((risk - m.risk_mean) / m.risk_std)
-        row = {
-            "PatientID": patient,
-            "HPV_probability": 1.0 / (1.0 + math.exp(-logit)),
-            "HPV_status": status,
-            "RFS_risk": float(np.mean(risks)),
+        outcomes: dict[str, Outcome] = {}
+        for task, step in self.steps.items():
+            upstream = {u: outcomes[u] for u in TASKS[task].upstream}
+            outcomes[task] = step(PatientInputs(patient, prepared.image, table, upstream))
+        labels = next((o.labels for o in outcomes.values() if o.labels is not None), None)
+        mask = None
+        if labels is not None:
+            grid = Geometry.from_dict(prepared.meta["grid"])
+            mask = to_original_grid(labels, grid, Geometry.of(images.ct))
+        row = {"PatientID": patient} | {
+            k: v for o in outcomes.values() for k, v in o.columns.items()
         }
         return mask, row
 
@@ -332,18 +278,60 @@ def input_key(models: str, patient: NewPatient) -> str | None:
 
 
 def _reused(part: Path, mask: Path, key: str | None) -> bool:
-    if key is None or not (part.is_file() and mask.is_file()):
+    if key is None or not part.is_file():
         return False
     try:
-        return json.loads(part.read_text()).get("key") == key
+        done = json.loads(part.read_text())
     except (OSError, ValueError):
         return False
+    return done.get("key") == key and (mask.is_file() or not done.get("mask", True))
 
 
 def _forget(parts: Path, output: Path, pid: str) -> None:
     """Remove one patient's earlier results (this command wrote them)."""
     (parts / f"{pid}.json").unlink(missing_ok=True)
     (output / f"{pid}.nii.gz").unlink(missing_ok=True)
+
+
+def _remove_absent(parts: Path, output: Path, present: set[str]) -> list[str]:
+    """Remove the results of patients no longer in the input (this command wrote them)."""
+    removed = sorted(p.stem for p in parts.glob("*.json") if p.stem not in present)
+    for pid in removed:
+        _forget(parts, output, pid)
+    if removed:
+        log.warning("results of patients no longer in the input removed: %s", ", ".join(removed))
+    return removed
+
+
+def _predict_each(
+    bundles: Bundles, patients: list[NewPatient], parts: Path, output: Path, key: str, device: str
+) -> tuple[list[dict[str, str]], int]:
+    """Predict every patient whose earlier result does not hold (the models load on the first);
+    returns the failures and how many were reused."""
+    failures: list[dict[str, str]] = []
+    skipped = 0
+    predictor: Predictor | None = None
+    for patient in tqdm(patients, desc="predict", unit="patient"):
+        pid = patient.patient
+        part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
+        patient_key = input_key(key, patient)
+        if _reused(part, mask_path, patient_key):
+            skipped += 1
+            continue
+        _forget(parts, output, pid)  # no stale result, whatever happens next
+        try:
+            images = read_images(patient)
+            predictor = predictor or Predictor(bundles, device)
+            mask, row = predictor(images, patient.clinical)
+        except (InputError, RuntimeError, ValueError, OSError) as err:
+            failures.append({"PatientID": pid, "reason": _reason(err)})
+            log.error("%s: skipped: %s", pid, _reason(err))
+            continue
+        if mask is not None:
+            io.write_image(mask_path, mask)
+        io.write_json(part, {"key": patient_key, "models": key, "row": row,
+                             "mask": mask is not None})  # fmt: skip
+    return failures, skipped
 
 
 def predict_folder(
@@ -364,7 +352,7 @@ def predict_folder(
     reported (in the log and the manifest) and the others go on.
     """
     output = Path(output)
-    roots = [getattr(bundles, t).root for t in ("seg", "hpv", "rfs")]
+    roots = [bundles[t].root for t in bundles.tasks]
     io.claim_dir(output, "predict", [input_dir, clinical, *roots])
     found = find_patients(input_dir, clinical, no_clinical)
     patients = found.patients
@@ -373,40 +361,17 @@ def predict_folder(
     io.mark_dir(output, "predict")
     described = bundles.describe()  # digests read every weights file: once per run
     key = _models_key(described)
-    present = {p.patient for p in patients}
-    removed = sorted(p.stem for p in parts.glob("*.json") if p.stem not in present)
-    for pid in removed:
-        _forget(parts, output, pid)
-    if removed:
-        log.warning("results of patients no longer in the input removed: %s", ", ".join(removed))
-    failures: list[dict[str, str]] = []
-    skipped = 0
-    predictor: Predictor | None = None
-    for patient in tqdm(patients, desc="predict", unit="patient"):
-        pid = patient.patient
-        part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
-        patient_key = input_key(key, patient)
-        if _reused(part, mask_path, patient_key):
-            skipped += 1
-            continue
-        _forget(parts, output, pid)  # no stale result, whatever happens next
-        try:
-            images = read_images(patient)
-            predictor = predictor or Predictor(bundles, device)
-            mask, row = predictor(images, patient.clinical)
-        except (InputError, RuntimeError, ValueError, OSError) as err:
-            failures.append({"PatientID": pid, "reason": _reason(err)})
-            log.error("%s: skipped: %s", pid, _reason(err))
-            continue
-        io.write_image(mask_path, mask)
-        io.write_json(part, {"key": patient_key, "models": key, "row": row})
+    removed = _remove_absent(parts, output, {p.patient for p in patients})
+    failures, skipped = _predict_each(bundles, patients, parts, output, key, device)
     failed = {f["PatientID"] for f in failures}
     rows = [
         json.loads((parts / f"{p.patient}.json").read_text())["row"]
         for p in patients
         if p.patient not in failed and (parts / f"{p.patient}.json").is_file()
     ]
-    io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+    outputs = outputs_of(bundles.tasks)
+    columns = ["PatientID", *(k for k in outputs if k != MASK)]
+    io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     manifest = {
         "input": str(Path(input_dir).resolve()),
         "clinical": found.clinical_source,
@@ -417,11 +382,8 @@ def predict_folder(
         "reused": skipped,
         "removed": removed,
         "failed": failures,
-        "outputs": {
-            "masks": "<PatientID>.nii.gz on the CT grid: 0 background, 1 GTVp, 2 GTVn",
-            PREDICTIONS: "HPV_probability (fold-ensemble mean logit through a sigmoid), HPV_status "
-            "(1 = positive: logit > 0), RFS_risk (standardised log-hazard: higher = earlier relapse)",
-        },
+        "tasks": list(bundles.tasks),
+        "outputs": outputs,
     }
     io.write_json(output / MANIFEST, manifest)
     log.info("predicted %d of %d patients (%d reused, %d failed) -> %s",
@@ -435,7 +397,11 @@ def predict_container(
     output_root: Path | str = "/output",
     device: str = "auto",
 ) -> list[Path]:
-    """One patient in the challenge layout in, the three official outputs out."""
+    """One patient in the challenge layout in, the three official outputs out (the bundles must
+    hold Tasks 1, 2 and 3)."""
+    missing = [t for t in ("seg", "hpv", "rfs") if t not in bundles.tasks]
+    if missing:
+        raise ValueError(f"--container writes every challenge output: no bundle for {missing}")
     data = layout.read_container_input(input_root)
     problems: list[Problem] = []
     ehr_path = Path(input_root) / "ehr.json"
@@ -453,6 +419,7 @@ def predict_container(
     clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
     images = layout.RawCase(data.patient, data.ct, data.pet, None)
     mask, row = Predictor(bundles, device)(images, clinical)
+    assert mask is not None  # Task 1 ran
     return layout.write_container_outputs(
         output_root, mask, float(row["RFS_risk"]), bool(row["HPV_status"])
     )

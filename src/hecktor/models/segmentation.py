@@ -1,9 +1,7 @@
 """Task 1 networks on CT and PET (2 channels) with 3 classes, behind one encoder interface.
 
-* ``dynunet`` (the paper's): MONAI DynUNet. Kernels and strides follow the nnU-Net planning rule
-  that DynUNet was made for: an axis is halved while its feature map stays at least 8 voxels and
-  its spacing at most twice the finest; kernels are 3 on axes within that ratio, 1 on much coarser
-  ones. Widths double per level up to ``max_filters``.
+* ``dynunet`` (the paper's): MONAI DynUNet, kernels and strides by nnU-Net's planning rule
+  (:mod:`hecktor.planning`). Widths double per level up to ``max_filters``.
 * ``segresnet``: MONAI SegResNet (residual encoder, light decoder, group norm), four levels.
 
 A network's :class:`Plan` is resolved once, from the config and the prepared grid, saved beside
@@ -22,40 +20,13 @@ import torch
 from monai.networks.nets import DynUNet, SegResNet
 from torch import nn
 
+from hecktor import planning
+
 IN_CHANNELS = 2  # CT, PET
 CLASSES = 3  # background, GTVp, GTVn
 NETWORKS = ("dynunet", "segresnet")
 SEGRESNET_BLOCKS_DOWN = (1, 2, 2, 4)  # MONAI's default: four levels, three halvings
 SEGRESNET_GROUPS = 8
-
-
-def plan(
-    patch_size: Sequence[int], spacing: Sequence[float], max_levels: int = 6
-) -> tuple[list[list[int]], list[list[int]]]:
-    """DynUNet kernels and strides per level for a patch (voxels) at a spacing (mm), (z, y, x)."""
-    sizes = [int(s) for s in patch_size]
-    spacings = [float(s) for s in spacing]
-    kernels: list[list[int]] = []
-    strides: list[list[int]] = [[1, 1, 1]]
-    while True:
-        finest = min(spacings)
-        within = [s <= 2 * finest for s in spacings]
-        kernels.append([3 if w else 1 for w in within])
-        stride = [2 if w and size >= 8 else 1 for w, size in zip(within, sizes, strict=True)]
-        if all(s == 1 for s in stride) or len(strides) > max_levels:
-            break
-        strides.append(stride)
-        sizes = [size // s for size, s in zip(sizes, stride, strict=True)]
-        spacings = [sp * s for sp, s in zip(spacings, stride, strict=True)]
-    return kernels[: len(strides)], strides
-
-
-def divisor(strides: Sequence[Sequence[int]]) -> list[int]:
-    """What each axis of an input must be divisible by."""
-    out = [1, 1, 1]
-    for stride in strides:
-        out = [o * s for o, s in zip(out, stride, strict=True)]
-    return out
 
 
 @dataclass(frozen=True)
@@ -71,7 +42,7 @@ class Plan:
     @property
     def divisor(self) -> list[int]:
         """What each axis of an input must be divisible by."""
-        return divisor(self.strides)
+        return planning.divisor(self.strides)
 
     @property
     def channels(self) -> int:
@@ -80,11 +51,9 @@ class Plan:
 
     def check(self, size: Sequence[int], what: str) -> None:
         """Raise naming ``what`` when ``size`` does not fit the network's downsampling."""
-        if any(int(s) % d for s, d in zip(size, self.divisor, strict=True)):
-            raise ValueError(
-                f"{what} {tuple(size)} must be divisible by {tuple(self.divisor)} "
-                f"(the {self.network} plan's downsampling)"
-            )
+        problem = planning.misfit(size, self.strides, self.network, what)
+        if problem:
+            raise ValueError(problem)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,21 +78,16 @@ def make_plan(
 ) -> Plan:
     """Plan ``network`` for a patch (voxels) at a spacing (mm); the patch must fit the plan."""
     patch = tuple(int(p) for p in patch_size)
+    kernels, strides = planning.kernels_and_strides(network, patch, spacing)
     if network == "dynunet":
-        kernels, strides = plan(patch, spacing)
         filters = [min(base_filters * 2**i, max_filters) for i in range(len(strides))]
-    elif network == "segresnet":
-        levels = len(SEGRESNET_BLOCKS_DOWN)
+    else:
         if base_filters % SEGRESNET_GROUPS:
             raise ValueError(
                 f"seg.base_filters {base_filters} must be a multiple of {SEGRESNET_GROUPS} for "
                 "segresnet (its group norm)"
             )
-        kernels = [[3, 3, 3]] * levels
-        strides = [[1, 1, 1]] + [[2, 2, 2]] * (levels - 1)
-        filters = [base_filters * 2**i for i in range(levels)]
-    else:
-        raise ValueError(f"seg.network {network!r}: expected one of {NETWORKS}")
+        filters = [base_filters * 2**i for i in range(len(strides))]
     out = Plan(
         network,
         patch,  # type: ignore[arg-type]

@@ -13,33 +13,23 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from hecktor import io, tracking
 from hecktor.checkpoints import fold_score, write_final
 from hecktor.config import Config, read_tuned
-from hecktor.data.splits import task_folds
 from hecktor.fingerprints import json_digest, prepared_digest, training_code
-from hecktor.tasks import build_task
+from hecktor.tasks import build_task, config_sections, spec_of, task_folds
 from hecktor.training.engine import distributed, fit, swa
 
 log = logging.getLogger(__name__)
 
-# The config sections a task's models depend on (Task 3 starts from Task 1, Task 2 uses both).
-UPSTREAM = {
-    "seg": ("profile", "prepare", "split", "seg"),
-    "hpv": ("profile", "prepare", "split", "seg", "hpv"),
-    "rfs": ("profile", "prepare", "split", "seg", "hpv", "rfs"),
-}
-
-# Settings read only when trained models are scored: changing them must not retrain.
-EVALUATION_ONLY = {"seg": {"min_lesion_mm3", "baseline_suv", "figure_cases"}, "rfs": {"bootstrap"}}
-
 
 def resume_key(cfg: Config, task: str, fold: tuple[str, list[str], list[str]], data: str) -> str:
     """What a checkpoint must match to be resumed: task config, data, code and the fold's patients."""
-    settings = getattr(cfg, task).model_dump(mode="json", exclude=EVALUATION_ONLY.get(task, set()))
+    settings = spec_of(task).model_settings(cfg)
     return json_digest({"task": settings, "data": data, "fold": fold, "code": training_code()})
 
 
@@ -113,14 +103,9 @@ def train(
     ``on_fold``, called with each fold's index, name and score as soon as it is known: it may raise
     to stop the remaining folds (a pruned trial), and may give its own ``folds``.
     """
-    task_cfg = getattr(cfg, task)
-    base_folds = folds or [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
-    # Task 2 trains one set of folds per input mode (true or predicted masks and HPV)
-    modes = [f"{m}-" for m in task_cfg.modes] if task == "rfs" else [""]
-    runners = {prefix: build_task(cfg, task, prefix.rstrip("-") or None) for prefix in modes}
-    runs = [
-        (prefix, (f"{prefix}{name}", tr, va)) for prefix in modes for name, tr, va in base_folds
-    ]
+    spec = spec_of(task)
+    task_cfg: Any = spec.settings(cfg)
+    modes, runners, runs = _runs(cfg, task, folds)
     out_root = Path(out) / task if out is not None else Path(cfg.paths.models) / task
     resume_root = (
         out_root / "resume" if out is not None else Path(cfg.paths.mlruns) / "resume" / task
@@ -132,15 +117,12 @@ def train(
     fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
     if enabled and not experiment:
-        experiment = tracking.experiment(f"hecktor-{task}", cfg.paths.mlruns)
-    tags = tracking.run_tags(cfg, task_cfg.split) if enabled else {}
-    tuned = read_tuned(cfg, task) if out is None else None
-    if tuned and tuned.get("values"):  # which study and trial chose these values
-        tags |= {f"tuned_{k}": str(tuned.get(k)) for k in ("study", "trial", "storage")}
+        experiment = tracking.experiment(spec.registry_name, cfg.paths.mlruns)
+    tags = _tags(cfg, task, tuned=out is None) if enabled else {}
     summary: dict = {
         "task": task,
         "split": task_cfg.split,
-        "upstream_digest": cfg.digest(UPSTREAM[task]),
+        "upstream_digest": cfg.digest(config_sections(task)),
         "data": data,
         "folds": {},
         "modes": [m.rstrip("-") for m in modes if m],
@@ -152,7 +134,7 @@ def train(
         else tracking.run(experiment, f"train_{task}", tags, enabled=enabled)
     )
     with outer as parent:
-        parent.log_params(tracking.flatten({task: task_cfg.model_dump(mode="json")}))
+        parent.log_params(tracking.flatten({spec.section: task_cfg.model_dump(mode="json")}))
         parent.log_dict(cfg.model_dump(mode="json"), "config.json")
         for prefix, fold in runs:
             name = fold[0]
@@ -181,3 +163,26 @@ def train(
         plots.mkdir(parents=True, exist_ok=True)
         io.write_text(plots / "history.csv", pd.DataFrame(history).to_csv(index=False))
     return summary
+
+
+def _runs(cfg: Config, task: str, folds: list[tuple[str, list[str], list[str]]] | None):
+    """The runs a training makes: a task may train one set of folds per input mode (Task 2: true
+    or predicted masks and HPV), each with its own runner. Returns the mode prefixes, the runners
+    by prefix and (prefix, (run name, train, val)) per run."""
+    base_folds = folds or [(name, train, val) for name, _, train, val in task_folds(cfg, task)[0]]
+    modes = [f"{m}-" if m else "" for m in spec_of(task).input_modes(cfg)]
+    runners = {prefix: build_task(cfg, task, prefix.rstrip("-") or None) for prefix in modes}
+    runs = [
+        (prefix, (f"{prefix}{name}", tr, va)) for prefix in modes for name, tr, va in base_folds
+    ]
+    return modes, runners, runs
+
+
+def _tags(cfg: Config, task: str, tuned: bool) -> dict[str, str]:
+    """The runs' tags: versions, and which study and trial chose the values (if tuned)."""
+    spec = spec_of(task)
+    tags = tracking.run_tags(cfg, getattr(spec.settings(cfg), "split", None))
+    values = read_tuned(cfg, spec.section) if tuned else None
+    if values and values.get("values"):
+        tags |= {f"tuned_{k}": str(values.get(k)) for k in ("study", "trial", "storage")}
+    return tags

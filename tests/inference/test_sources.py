@@ -11,11 +11,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hecktor import tracking
-from hecktor.inference.bundle import NAMES, export_bundles, load_bundle, load_bundles
+from hecktor.bundle import FORMAT, Bundle, load_bundle, write_bundle
+from hecktor.inference.sources import Bundles, export_bundles, load_bundles, requested
+from hecktor.tasks import TASKS
 
-pytestmark = pytest.mark.slow
+NAMES = {name: spec.registry_name for name, spec in TASKS.items()}
 
 
+@pytest.mark.slow
 def test_bundles_hold_weights_config_metrics_and_versions(bundle_dir, trained_cfg):
     for task, name in NAMES.items():
         bundle = load_bundle(bundle_dir / name)
@@ -32,6 +35,7 @@ def test_bundles_hold_weights_config_metrics_and_versions(bundle_dir, trained_cf
     assert all(m["risk_std"] > 0 for m in rfs.members)
 
 
+@pytest.mark.slow
 def test_a_broken_bundle_is_named(bundle_dir, tmp_path):
     broken = tmp_path / "hecktor-seg"
     shutil.copytree(bundle_dir / "hecktor-seg", broken)
@@ -52,6 +56,7 @@ def _with_score(src, dst, value):
     return load_bundle(dst)
 
 
+@pytest.mark.slow
 def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store, tmp_path, caplog):
     src = bundle_dir / "hecktor-seg"
     tags = {"profile": "tiny"}
@@ -77,19 +82,45 @@ def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store
     assert str(client.get_model_version_by_alias("hecktor-seg", "challenger").version) == "3"
 
 
+@pytest.mark.slow
 def test_predict_loads_the_champions_from_the_registry_and_export_copies_them(
     bundle_dir, store, tmp_path, monkeypatch
 ):
     for name in NAMES.values():
         tracking.register_bundle(load_bundle(bundle_dir / name), store, {})
     bundles = load_bundles(store, tmp_path / "cache")
-    assert bundles.seg.digest() == load_bundle(bundle_dir / "hecktor-seg").digest()
+    assert bundles["seg"].digest() == load_bundle(bundle_dir / "hecktor-seg").digest()
     assert bundles.sources["rfs"] == "models:/hecktor-rfs@champion (version 1)"
     assert bundles.versions["rfs"] == "1" and bundles.describe()["rfs"]["version"] == "1"
     exported = export_bundles(bundles, tmp_path / "export")
     offline = load_bundles(tmp_path / "no-store", tmp_path / "cache2", models_dir=exported)
     assert offline.sources == bundles.sources and offline.versions == bundles.versions
-    assert offline.hpv.digest() == bundles.hpv.digest()
+    assert offline["hpv"].digest() == bundles["hpv"].digest()
     monkeypatch.delenv(tracking.ENV, raising=False)  # MLflow exported the first store's URI
     with pytest.raises(ValueError, match=r"models:/hecktor-seg@champion: not found"):
         load_bundles(tmp_path / "empty", tmp_path / "cache3")
+
+
+def _bundle(root, task: str, config: dict) -> Bundle:
+    manifest = {"format": FORMAT, "task": task, "name": f"hecktor-{task}", "config": config,
+                "members": []}  # fmt: skip
+    return load_bundle(write_bundle(root / task, manifest, {}))
+
+
+def test_bundles_must_agree_on_every_setting_they_share(tmp_path):
+    prepare, seg = {"spacing_mm": [1, 1, 1]}, {"network": "dynunet"}
+    seg_bundle = _bundle(tmp_path / "a", "seg", {"prepare": prepare, "seg": seg})
+    hpv = _bundle(tmp_path / "a", "hpv", {"prepare": prepare, "seg": seg, "hpv": {"dropout": 0}})
+    Bundles({"seg": seg_bundle, "hpv": hpv}, {}).check()
+    other = _bundle(tmp_path / "b", "hpv", {"prepare": prepare, "seg": {"network": "segresnet"},
+                                            "hpv": {"dropout": 0}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"b/hpv: its 'seg' settings differ from .*a/seg's"):
+        Bundles({"seg": seg_bundle, "hpv": other}, {}).check()
+
+
+def test_a_prediction_runs_the_tasks_asked_for_with_their_upstream_tasks():
+    assert requested(["hpv"]) == ("seg", "hpv")
+    assert requested(["rfs", "seg"]) == ("seg", "hpv", "rfs")
+    assert requested(None) == tuple(TASKS)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['nope'\]"):
+        requested(["nope"])

@@ -1,0 +1,230 @@
+"""Task 2: recurrence-free survival from CT, PET, masks and clinical data, Cox loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+
+from hecktor import metrics
+from hecktor.bundle import Bundle
+from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from, restored
+from hecktor.config import Config, RfsConfig
+from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
+from hecktor.data.preprocess import load_prepared
+from hecktor.devices import autocast_for, precision_for, resolve_device
+from hecktor.losses import cox_loss
+from hecktor.models.survival import SurvivalNet
+from hecktor.prediction import rfs_risk, survival_input
+from hecktor.tasks import task_folds
+from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
+
+
+def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
+    """Task 2's network for the clinical encoding a fold fitted."""
+    return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
+
+
+def rfs_inputs_dir(cfg: Config) -> Path:
+    """Where ``hecktor derive rfs`` writes Task 2's inputs (masks and HPV of the other tasks)."""
+    return Path(cfg.paths.models) / "rfs_inputs"
+
+
+class SurvivalDataset(Dataset):
+    """CT, PET and the two mask channels of each patient, with clinical vector, time and event."""
+
+    def __init__(self, task: RFSTask, patients: Sequence[str], inputs: str) -> None:
+        self.task = task
+        self.patients = list(patients)
+        self.inputs = inputs
+        self.clinical = task.encoder.transform(task.frame(patients, inputs))
+        # a new patient has no outcome yet: NaN, never read at inference
+        outcome = task.table.reindex(index=self.patients, columns=["RFS", "Relapse"])
+        self.time = outcome["RFS"].to_numpy(dtype=np.float32)
+        self.event = outcome["Relapse"].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, index: int) -> dict:
+        patient = self.patients[index]
+        return {
+            "image": torch.as_tensor(self.task.image(patient, self.inputs)),
+            "clinical": torch.as_tensor(self.clinical[index]),
+            "time": torch.as_tensor(self.time[index]),
+            "event": torch.as_tensor(self.event[index]),
+            "patient": patient,
+        }
+
+
+class RFSTask:
+    """Task 2: recurrence-free survival from CT, PET, masks and clinical data, Cox loss.
+
+    ``mode`` says what the model trains on: ``gt`` (true masks and HPV status, as the paper trained)
+    or ``pred`` (masks from Task 1 and HPV from Task 3, as it is tested). Validation always uses the
+    predicted inputs, the only ones a new patient has. A patient without a true mask (outside
+    Task 1) uses the predicted one in ``gt`` mode too. The best epoch has the highest C-index.
+    """
+
+    name = "rfs"
+
+    def __init__(
+        self, cfg: RfsConfig, prepared: Path | str, inputs: Path | str, mode: str = "pred"
+    ) -> None:
+        self.cfg = cfg
+        self.mode = mode
+        self.prepared = Path(prepared)
+        self.inputs_dir = Path(inputs)
+        self.table = read_clinical(prepared)
+        self.inputs = pd.read_csv(self.inputs_dir / "inputs.csv").set_index("PatientID")
+        self.encoder = ClinicalEncoder(RFS_VARIABLES)
+
+    def frame(self, patients: Sequence[str], inputs: str) -> pd.DataFrame:
+        """Clinical rows; with predicted inputs, HPV status is Task 3's call."""
+        frame = self.table.loc[list(patients)].copy()
+        if inputs == "pred":
+            frame["HPV Status"] = (
+                self.inputs.loc[list(patients), "hpv_pred"].astype(float).to_numpy()
+            )
+        return frame
+
+    def mask(self, patient: str, inputs: str) -> np.ndarray:
+        if inputs == "gt":
+            label = load_prepared(self.prepared, patient).label
+            if label is not None:
+                return np.asarray(label)
+        return np.load(self.inputs_dir / "masks" / f"{patient}.npy")
+
+    def image(self, patient: str, inputs: str) -> np.ndarray:
+        """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask."""
+        return survival_input(
+            load_prepared(self.prepared, patient).image, self.mask(patient, inputs)
+        )
+
+    def setup(self, train_patients: Sequence[str]) -> None:
+        self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(train_patients, self.mode))
+
+    def state(self) -> dict:
+        return {"encoder": self.encoder.to_dict(), "mode": self.mode}
+
+    def load_state(self, state: dict) -> None:
+        self.encoder = ClinicalEncoder.from_dict(state["encoder"])
+
+    def fingerprint(self) -> str:
+        return (
+            (self.inputs_dir / "key.txt").read_text()
+            if (self.inputs_dir / "key.txt").is_file()
+            else "none"
+        )
+
+    def warm_start(self, model: nn.Module) -> None:
+        return None
+
+    def build_model(self) -> nn.Module:
+        return rfs_network(self.cfg, self.encoder)
+
+    def train_dataset(self, patients: Sequence[str]) -> Dataset:
+        return SurvivalDataset(self, patients, self.mode)
+
+    def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
+        return None
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        risk = model(batch["image"].to(device), batch["clinical"].to(device))
+        return cox_loss(risk, batch["time"].to(device), batch["event"].to(device))
+
+    def risks(self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast,
+              inputs: str = "pred") -> np.ndarray:  # fmt: skip
+        """Predicted risks (log-hazards) of patients, from predicted inputs by default."""
+        clinical = self.encoder.transform(self.frame(patients, inputs))
+        return np.asarray([
+            rfs_risk(model, self.image(p, inputs), clinical[i], device, autocast)
+            for i, p in enumerate(patients)
+        ])  # fmt: skip
+
+    def risk_scale(
+        self, model: nn.Module, train_ids: Sequence[str], device: torch.device, autocast
+    ) -> tuple[float, float]:
+        """Mean and spread of a fold model's risks on its training patients: its risk scale (the
+        Cox loss fixes risks only up to a shift, so folds are compared after standardising)."""
+        reference = self.risks(model, train_ids, device, autocast)
+        std = float(reference.std())
+        return float(reference.mean()), std if std > 0 else 1.0
+
+    def validate(
+        self, model: nn.Module, patients: Sequence[str], device: torch.device, autocast
+    ) -> dict[str, float]:
+        risk = self.risks(model, patients, device, autocast)
+        time = self.table.loc[list(patients), "RFS"].to_numpy(float)
+        event = self.table.loc[list(patients), "Relapse"].to_numpy(float)
+        value = metrics.c_index(time, event, risk)
+        value = 0.5 if value != value else value
+        return {"c_index": value, "score": value}
+
+
+def build(cfg: Config, mode: str | None = None) -> RFSTask:
+    inputs = rfs_inputs_dir(cfg)
+    if not (inputs / "inputs.csv").is_file():
+        raise ValueError(f"{inputs}: no Task 2 inputs; run `hecktor derive rfs` first")
+    return RFSTask(cfg.rfs, cfg.paths.prepared, inputs, mode or cfg.rfs.modes[0])
+
+
+def registered_mode(cfg: Config) -> str:
+    """The mode whose folds are registered: predicted inputs (what a new patient has) if trained."""
+    return "pred" if "pred" in cfg.rfs.modes else cfg.rfs.modes[0]
+
+
+def bundle(cfg: Config, result: dict) -> BundleContent:
+    """The fold ensemble trained on predicted inputs (what a new patient has), with the mean and
+    spread of each fold's risks on its training patients, by which fold risks are standardised
+    before they are averaged (as in cross-validation)."""
+    mode = registered_mode(cfg)
+    folds = task_folds(cfg, "rfs")[0]
+    files = kfold_checkpoints(Path(cfg.paths.models) / "rfs", folds, f"{mode}-")
+    task = RFSTask(cfg.rfs, cfg.paths.prepared, rfs_inputs_dir(cfg), mode)
+    device = resolve_device(cfg.rfs.train.device)
+    autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
+    train_of = {name: train for name, _, train, _ in folds}
+    members = []
+    for name, path in files.items():
+        model = model_from(task, load_checkpoint(path, device), device)  # the file bundled
+        mean, std = task.risk_scale(model, train_of[name], device, autocast)
+        members.append({"file": f"{name}.pt", "fold": name, "risk_mean": mean, "risk_std": std})
+    network = result["network"][mode]
+    return BundleContent(
+        members=members,
+        files={f"{name}.pt": path for name, path in files.items()},
+        metrics={"cv": network["cv"], "test_ensemble": network.get("test_ensemble"),
+                 "baseline_clinical_cv": result["baseline_clinical"]["cv"]},
+        extra={"mode": mode},
+    )  # fmt: skip
+
+
+def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
+    """Each fold's standardised risk from the images, the predicted masks and the clinical row
+    with Task 3's HPV status (as in training on predicted inputs); their mean."""
+    cfg: RfsConfig = bundle.settings("rfs")
+    members = []
+    for member in bundle.members:
+        state = bundle.weights(member, device)
+        encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
+        model = restored(rfs_network(cfg, encoder), state, device)
+        members.append((model, encoder, member["risk_mean"], member["risk_std"]))
+
+    def predict(inputs: PatientInputs) -> Outcome:
+        image = survival_input(inputs.image, inputs.upstream["seg"].labels)
+        status = float(inputs.upstream["hpv"].columns["HPV_status"])
+        clinical = inputs.clinical.assign(**{"HPV Status": status})
+        risks = [
+            (rfs_risk(model, image, encoder.transform(clinical)[0], device=device,
+                      autocast=autocast) - mean) / std
+            for model, encoder, mean, std in members
+        ]  # fmt: skip
+        return Outcome({"RFS_risk": float(np.mean(risks))})
+
+    return predict
