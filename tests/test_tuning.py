@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hecktor import tracking, tuning
-from hecktor.config import apply_tuned, load_config, read_tuned
+from hecktor.config import ConfigError, apply_tuned, load_config, read_tuned
 from hecktor.training.workflow import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,3 +254,10 @@ def test_password_is_not_written_with_the_storage(project):
     url = "postgresql://optuna:secret@db.example:5432/studies"
     cfg = cfg.model_copy(update={"tune": override(cfg.tune, storage=url)})
     assert tuning.storage_label(cfg) == "postgresql://optuna:***@db.example:5432/studies"
+
+
+def test_a_task_without_a_search_space_is_refused_by_name(tiny_config):
+    with pytest.raises(
+        ConfigError, match=r"tune volume: no search space in params \(tune.volume\)"
+    ):
+        tuning.tune(tiny_config, "volume", track=False)

@@ -56,6 +56,7 @@ from optuna.visualization import matplotlib as plots
 
 from hecktor import io, tracking
 from hecktor.config import (
+    TUNABLE,
     Config,
     ConfigError,
     SearchDim,
@@ -333,6 +334,9 @@ def _study_run(cfg: Config, study: optuna.Study, experiment: str, track: bool, t
 
 def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) -> dict:
     """Run (or continue) the study of ``task`` up to its trial count; write ``tuned/<task>.yaml``."""
+    if task not in TUNABLE:
+        raise ConfigError(f"tune {task}: no search space in params (tune.{task}); tunable: "
+                          f"{', '.join(TUNABLE)}")  # fmt: skip
     spec: TuneTask = getattr(cfg.tune, task)
     target = spec.trials if trials is None else trials
     out_file = tuned_file(cfg, task)
