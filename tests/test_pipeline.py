@@ -36,7 +36,17 @@ def _project(root: Path, precision: str | None = None) -> Path:
     )
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert _run(command, root).returncode == 0
+    shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the project's cache links
     return root
+
+
+def _reflinks(folder: Path) -> bool:
+    """Whether this file system makes reflinks (then DVC's links do not show as hard links)."""
+    (folder / ".probe").write_bytes(b"x")
+    made = _run(["cp", "--reflink=always", ".probe", ".probe-copy"], folder).returncode == 0
+    for name in (".probe", ".probe-copy"):
+        (folder / name).unlink(missing_ok=True)
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +65,11 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert (project / "dvc.lock").is_file()
     assert (project / "models" / "seg" / "holdout" / "swa.pt").is_file()
     assert (project / "mlruns" / "mlflow.db").is_file()
+    # outputs are linked from DVC's cache, not copied; optimizer state is not an output
+    swa = project / "models" / "seg" / "holdout" / "swa.pt"
+    assert swa.is_symlink() or swa.stat().st_nlink == 2 or _reflinks(project), "copied"
+    assert not list((project / "models").rglob("last.pt"))
+    assert (project / "mlruns" / "resume" / "seg" / "holdout" / "last.pt").is_file()
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "GTVp_DSC" in shown.stdout
 
@@ -112,6 +127,6 @@ def test_repro_under_forced_bf16_finishes(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Running stage 'report'" in run.stdout
     for task in ("seg", "hpv"):
-        fold = next(p for p in (root / "models" / task).iterdir() if (p / "last.pt").is_file())
-        precision = load_checkpoint(fold / "last.pt")["precision"]
+        fold = next(p for p in (root / "models" / task).iterdir() if (p / "best.pt").is_file())
+        precision = load_checkpoint(fold / "best.pt")["precision"]
         assert precision["reason"] == "train.precision: bf16"

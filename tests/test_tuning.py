@@ -224,7 +224,9 @@ def test_a_killed_study_resumes_its_trial_from_the_checkpoint(project, caplog):
     )  # fmt: skip
     deadline = time.time() + 300
     checkpoints = cfg.paths.studies / tuning.study_name(cfg, "seg")
-    while not list(checkpoints.glob("trial-*/seg/tuning/last.pt")) and time.time() < deadline:
+    while (
+        not list(checkpoints.glob("trial-*/seg/resume/tuning/last.pt")) and time.time() < deadline
+    ):
         assert worker.poll() is None, "the trial ended before it could be killed"
         time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)

@@ -1,6 +1,7 @@
 """The engine: checkpoints, resume after a real kill, selection, SWA, DDP, precision."""
 
 import itertools
+import logging
 import math
 import os
 import signal
@@ -51,6 +52,24 @@ def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path)
     swa_metrics = engine.swa(task, train_ids, val_ids, cfg, tmp_path / "run", key="h")
     assert set(swa_metrics) == {"GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"}
     assert (tmp_path / "run" / "swa.pt").is_file()
+
+
+def test_optimizer_state_goes_to_its_own_folder_and_resumes_from_there(
+    project_cfg, tmp_path, caplog
+):
+    """The model folder holds what is versioned; the resume state lives apart (not a DVC output)."""
+    task, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 1, "swa_epochs": 1})
+    out, state = tmp_path / "model", tmp_path / "state"
+    engine.fit(task, train_ids, val_ids, cfg, out, key="k", state_dir=state)
+    engine.swa(task, train_ids, val_ids, cfg, out, key="k", state_dir=state)
+    assert {p.name for p in out.iterdir()} == {"best.pt", "swa.pt"}
+    assert {p.name for p in state.iterdir()} == {"last.pt", "swa_last.pt"}
+    longer = cfg.model_copy(update={"epochs": 2})
+    with caplog.at_level(logging.INFO, logger="hecktor"):
+        engine.fit(task, train_ids, val_ids, longer, out, key="k", state_dir=state)
+    assert "resuming" in caplog.text and "after epoch 1" in caplog.text
+    assert checkpoints.load_checkpoint(state / "last.pt")["epoch"] == 2
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(project_cfg, tmp_path):

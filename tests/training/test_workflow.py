@@ -30,7 +30,9 @@ def trained(project_cfg, monkeypatch):
 def test_train_writes_models_summary_curves_and_runs(trained):
     cfg, summary = trained
     fold = cfg.paths.models / "seg" / "holdout"
-    assert {"best.pt", "swa.pt", "last.pt"} <= {p.name for p in fold.iterdir()}
+    assert {p.name for p in fold.iterdir()} == {"best.pt", "swa.pt", "final.json"}  # versioned
+    state = cfg.paths.mlruns / "resume" / "seg" / "holdout"  # optimizer state, not versioned
+    assert {p.name for p in state.iterdir()} == {"last.pt", "swa_last.pt"}
     assert json.loads((cfg.paths.models / "seg" / "summary.json").read_text()) == summary
     assert set(summary["folds"]["holdout"]["swa"]) == {
         "GTVp_DSC",

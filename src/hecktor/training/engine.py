@@ -427,10 +427,10 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _resumable(loop: _Loop, out: Path, key: str, model: nn.Module) -> dict | None:
+def _resumable(loop: _Loop, out: Path, state_dir: Path, key: str, model: nn.Module) -> dict | None:
     """``last.pt`` if it was written under ``key``; otherwise the fold starts afresh: its
     checkpoints are removed and ``model`` gets the task's initial weights."""
-    last = out / "last.pt"
+    last = state_dir / "last.pt"
     state = load_checkpoint(last, loop.device) if last.is_file() else None
     if state is not None and state.get("key") != key:
         log.warning(
@@ -439,6 +439,7 @@ def _resumable(loop: _Loop, out: Path, key: str, model: nn.Module) -> dict | Non
         state = None
     if state is None and loop.rank == 0:
         clear_fold(out)
+        clear_fold(state_dir)
     if state is None:
         loop.task.warm_start(model)
     _barrier(loop.world)
@@ -500,9 +501,10 @@ def _fit_epoch(
     progress: _Progress,
     out: Path,
     key: str,
+    state_dir: Path,
 ) -> None:
     """Train one epoch, validate when due (``best.pt`` on a new best), log it and save
-    ``last.pt``."""
+    ``last.pt`` in ``state_dir``."""
     cfg = loop.cfg
     loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
     record: dict[str, float] = {"epoch": epoch, "train_loss": loss, "skipped_steps": skipped}
@@ -529,7 +531,7 @@ def _fit_epoch(
         }
         if loop.scaler is not None:
             state["scaler"] = loop.scaler.state_dict()
-        save_checkpoint(out / "last.pt", state)
+        save_checkpoint(state_dir / "last.pt", state)
         log.info("%s epoch %d/%d %s", loop.task.name, epoch, cfg.epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))  # fmt: skip
     _barrier(loop.world)
@@ -543,21 +545,26 @@ def fit(
     out: Path | str,
     tracker: Tracker | None = None,
     key: str = "",
+    state_dir: Path | str | None = None,
 ) -> FitResult:
-    """Train ``task`` and keep the best epoch (``best.pt``); resume from ``last.pt`` if present.
+    """Train ``task`` and keep the best epoch (``best.pt`` in ``out``); resume from ``last.pt``
+    (in ``state_dir``, default ``out``: the optimizer state a resume needs, which is no model and
+    need not be versioned with one) if present.
 
     ``key`` is the fold's resume key (:func:`hecktor.training.workflow.resume_key`): a ``last.pt``
     written under another key is not resumed: the fold's checkpoints are
     removed and training starts afresh.
     """
     out = Path(out)
+    state_dir = Path(state_dir or out)
     out.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     loop = _setup(task, cfg, Precision("fp32", "until chosen"), tracker)
     seed_everything(cfg.seed)
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = _resumable(loop, out, key, model)
+    state = _resumable(loop, out, state_dir, key, model)
     dataset = task.train_dataset(train_ids)
     if state is not None:
         progress = _resume(loop, state, model, optimizer, out)
@@ -568,7 +575,9 @@ def fit(
     _announce(loop, out)
     wrapped = _wrap(model, loop)
     for epoch in range(progress.start, cfg.epochs + 1):
-        _fit_epoch(loop, model, wrapped, optimizer, dataset, val_ids, epoch, progress, out, key)
+        _fit_epoch(
+            loop, model, wrapped, optimizer, dataset, val_ids, epoch, progress, out, key, state_dir
+        )
     if loop.rank == 0 and not (out / "best.pt").is_file():  # no validation set: the last epoch
         _save_weights(out / "best.pt", loop, model, cfg.epochs, {}, key)
         progress.best_epoch = cfg.epochs
@@ -581,11 +590,10 @@ def fit(
 _SWA_EPOCH_OFFSET = 10_000
 
 
-def _ended_in(out: Path, best: dict) -> Precision:
+def _ended_in(state_dir: Path, best: dict) -> Precision:
     """The precision training ended in (``last.pt``, else ``best.pt``), with no streak."""
-    ended = (
-        load_checkpoint(out / "last.pt").get("precision") if (out / "last.pt").is_file() else None
-    )
+    last = state_dir / "last.pt"
+    ended = load_checkpoint(last).get("precision") if last.is_file() else None
     precision = Precision.from_dict(ended or best["precision"])
     precision.streak = 0
     return precision
@@ -664,25 +672,27 @@ def swa(
     out: Path | str,
     tracker: Tracker | None = None,
     key: str = "",
+    state_dir: Path | str | None = None,
 ) -> dict[str, float] | None:
     """Refine ``best.pt`` by stochastic weight averaging for ``swa_epochs``; write ``swa.pt``.
 
     Weights are averaged at the end of every epoch under a constant SWA learning rate, in the
-    precision training ended in. Restartable from ``swa_last.pt`` like :func:`fit`. Returns the
-    averaged model's validation metrics.
+    precision training ended in. Restartable from ``swa_last.pt`` (in ``state_dir``, default
+    ``out``) like :func:`fit`. Returns the averaged model's validation metrics.
     """
     if cfg.swa_epochs == 0:
         return None
     out = Path(out)
+    state_dir = Path(state_dir or out)
     best = load_checkpoint(out / "best.pt")
-    loop = _setup(task, cfg, _ended_in(out, best), tracker)
+    loop = _setup(task, cfg, _ended_in(state_dir, best), tracker)
     task.setup(train_ids)
     model = task.build_model().to(loop.device)
     model.load_state_dict(best["model"])
     averaged = AveragedModel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.swa_lr, weight_decay=cfg.weight_decay)
     scheduler = SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=1)
-    last, done = out / "swa_last.pt", out / "swa.pt"
+    last, done = state_dir / "swa_last.pt", out / "swa.pt"
     swa_key = f"{key}:{best['epoch']}"
     state = _swa_state(loop, last, swa_key)
     if state is not None and int(state["epoch"]) >= cfg.swa_epochs and done.is_file():

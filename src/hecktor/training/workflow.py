@@ -1,8 +1,11 @@
 """``train(config, task)``: the plain function the CLI, the DVC stages and the tuner all call.
 
 It trains the task on every fold of the configured split (then refines each by SWA), tracks a parent
-MLflow run with one child run per fold, and writes ``models/<task>/<fold>/{best,swa,last}.pt`` plus
-``models/<task>/summary.json`` and the training curves in ``plots/<task>/history.csv``.
+MLflow run with one child run per fold, and writes ``models/<task>/<fold>/{best,swa}.pt`` and
+``final.json`` plus ``models/<task>/summary.json`` (what DVC versions) and the training curves in
+``plots/<task>/history.csv``. What a resume needs beyond the models (optimizer state in
+``last.pt``, ``swa_last.pt``; the fold's MLflow run) is kept beside the MLflow store, in
+``<paths.mlruns>/resume/<task>/``, out of DVC's outputs and cache.
 """
 
 from __future__ import annotations
@@ -47,15 +50,15 @@ def _resumed_run(run_file: Path, key: str) -> str | None:
     return previous.get("run_id") if previous.get("key") == key else None
 
 
-def _train_fold(runner, fold, task_cfg, fold_dir: Path, child: tracking.Tracker, key: str,
-                log_checkpoints: bool) -> dict:  # fmt: skip
+def _train_fold(runner, fold, task_cfg, fold_dir: Path, state_dir: Path, child: tracking.Tracker,
+                key: str, log_checkpoints: bool) -> dict:  # fmt: skip
     """Train one fold, refine it by SWA, record its final weights; its ``summary.json`` entry
     and its per-epoch history."""
     name, train_ids, val_ids = fold
     rank, _ = distributed()
     child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
-    result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
-    swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key)
+    result = fit(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key, state_dir)
+    swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key, state_dir)
     if rank == 0:
         write_final(fold_dir, key, swa_ran=swa_metrics is not None)
     child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
@@ -113,6 +116,7 @@ def train(
     rank, _ = distributed()
     if rank == 0:
         _remove_stale_folds(out_root, {fold[0] for _, fold in runs})
+        _remove_stale_folds(resume_root, {fold[0] for _, fold in runs})
     data = prepared_digest(cfg.paths.prepared)
     fingerprints = {p: getattr(r, "fingerprint", lambda: "")() for p, r in runners.items()}
     enabled = track and rank == 0
@@ -147,7 +151,8 @@ def train(
                     (out_root / name).mkdir(parents=True, exist_ok=True)
                     if child.run_id:
                         io.write_json(run_file, {"run_id": child.run_id, "key": key})
-                trained = _train_fold(runners[prefix], fold, task_cfg, out_root / name, child, key,
+                trained = _train_fold(runners[prefix], fold, task_cfg, out_root / name,
+                                      resume_root / name, child, key,
                                       log_checkpoints=out is None)  # fmt: skip
             summary["folds"][name] = trained["entry"]
             history += trained["history"]
