@@ -53,12 +53,12 @@ def run_config(cfg: Config, precision: str, seed: int, root: Path) -> Config:
     return override(cfg, paths=paths, **sections)
 
 
-def precisions_used(models: Path) -> str:
+def precisions_used(resume: Path) -> str:
     """The precision each task ended in, e.g. ``seg bf16, hpv bf16, rfs fp32 (fallback)``."""
     out = []
     for task in ("seg", "hpv", "rfs"):
         used = set()
-        for last in sorted((models / task).glob("*/last.pt")):
+        for last in sorted((resume / task).glob("*/last.pt")):
             precision = load_checkpoint(last).get("precision", {})
             used.add(
                 precision.get("used", "?") + (" (fallback)" if precision.get("fallback") else "")
@@ -73,7 +73,7 @@ def one_run(cfg: Config, tasks: tuple[str, ...] = ("seg", "hpv", "rfs")) -> dict
     row: dict = {}
     train(cfg, "seg", track=False)
     seg = crossval_seg(cfg, track=False)
-    network, baseline = seg["variants"][seg["network"]], seg["variants"]["baseline"]
+    network, baseline = seg["variants"][seg["chosen"]], seg["variants"]["baseline"]
     row |= {k: network[k] for k in FIGURES[:3]}
     row["beats_baseline"] = all(network[k] > baseline[k] for k in FIGURES[:3])
     row["baseline"] = {k: baseline[k] for k in FIGURES[:3]}
@@ -86,7 +86,7 @@ def one_run(cfg: Config, tasks: tuple[str, ...] = ("seg", "hpv", "rfs")) -> dict
         rfs = crossval_rfs(cfg, track=False)
         mode = "pred" if "pred" in rfs["network"] else next(iter(rfs["network"]))
         row["rfs_cv_C"] = rfs["network"][mode]["cv"]["c_index"]
-    row["used"] = precisions_used(Path(cfg.paths.models))
+    row["used"] = precisions_used(Path(cfg.paths.mlruns) / "resume")
     row["minutes"] = round((time.perf_counter() - start) / 60, 1)
     return row
 

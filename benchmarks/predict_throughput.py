@@ -24,13 +24,17 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from hecktor.checkpoints import restored
 from hecktor.config import load_config
 from hecktor.data import layout
-from hecktor.data.preprocess import preprocess
+from hecktor.data.preprocess import grid_of, preprocess
 from hecktor.devices import cpu_supports_bf16
 from hecktor.inference.batch import Predictor
-from hecktor.inference.bundle import load_bundles
+from hecktor.inference.sources import load_bundles
 from hecktor.metrics import dice
+from hecktor.models.segmentation import build_segmenter
+from hecktor.prediction import segment
+from hecktor.tasks.seg import plan_of, seg_plan
 
 
 def plain_fp32(model, image: np.ndarray, patch) -> np.ndarray:
@@ -53,7 +57,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundles = load_bundles(cfg.paths.mlruns, Path(tmp) / "cache", args.models)
         predictor = Predictor(bundles)
-        seg_task, model = predictor.seg_task, predictor.seg_model
+        bundle = bundles["seg"]
+        seg_cfg = bundle.settings("seg")
+        spacing, shape = grid_of(bundle.manifest["prepared"])
+        state = bundle.weights(bundle.members[0], predictor.device)
+        plan = plan_of(state) or seg_plan(seg_cfg, spacing, shape)
+        model = restored(build_segmenter(plan), state, predictor.device)
         times = {"packaged, whole case": [], "packaged, segmentation": [], "plain fp32 MONAI": []}
         preds = {"packaged, segmentation": [], "plain fp32 MONAI": []}
         truths = []
@@ -64,9 +73,11 @@ def main() -> None:
             whole = time.perf_counter() - start
             prepared = preprocess(images, predictor.prepare)
             start = time.perf_counter()
-            packaged = seg_task.predict(model, prepared.image, predictor.device, predictor.autocast)
+            packaged = segment(model, prepared.image, plan.patch, overlap=seg_cfg.sw_overlap,
+                               sw_batch_size=seg_cfg.sw_batch_size, device=predictor.device,
+                               autocast=predictor.autocast)  # fmt: skip
             mid = time.perf_counter()
-            plain = plain_fp32(model, prepared.image, seg_task.patch)
+            plain = plain_fp32(model, prepared.image, plan.patch)
             end = time.perf_counter()
             if i == 0:  # warm-up case: kernels, allocators, caches
                 continue
@@ -77,7 +88,7 @@ def main() -> None:
             preds["plain fp32 MONAI"].append(plain)
             truths.append(prepared.label)
     print(f"{len(truths)} cases (after one warm-up) of {args.release}, volume "
-          f"{tuple(seg_task.shape)}, patch {tuple(seg_task.patch)}, {torch.get_num_threads()} "
+          f"{tuple(shape)}, patch {tuple(plan.patch)}, {torch.get_num_threads()} "
           f"threads, bf16-capable CPU: {cpu_supports_bf16()}")  # fmt: skip
     truth = np.stack(truths)
     for name, values in times.items():
