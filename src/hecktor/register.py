@@ -49,6 +49,8 @@ def build_bundle(cfg: Config, spec: TaskSpec, out: Path) -> Path:
 def build_bundles(
     cfg: Config, out: Path | str, tasks: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """Bundle the trained models of ``tasks`` (default: every task) under ``out/<registry name>``."""
-    specs = [spec_of(t) for t in tasks] if tasks else list(TASKS.values())
+    """Bundle the trained models of ``tasks`` (default: every task) under ``out/<registry name>``,
+    in the registry's order."""
+    wanted = {spec_of(t).name for t in tasks} if tasks else set(TASKS)
+    specs = [spec for name, spec in TASKS.items() if name in wanted]
     return {s.name: build_bundle(cfg, s, Path(out) / s.registry_name) for s in specs}

@@ -1,0 +1,123 @@
+"""The paper profile's data path on this machine: a synthetic paper-scale cohort prepared, stored
+and read the way training reads it, on one core.
+
+Synthesises ``--patients`` patients of the ``paper`` profile, prepares them, and prints per task:
+prepare seconds per case, stored MB per prepared case, seconds per training sample on one core
+(median and 90th percentile, cold: the case's files dropped from the page cache first; warm: read
+again), peak memory of this process, and how many loader workers keep a GPU step of
+``--gpu-step`` seconds fed (``ceil(batch x p90 warm / step)``). Task 1 and Task 3 samples are the
+real dataset and augmentation (a random patch of a prepared case); a Task 2 sample is the whole
+prepared case with two mask channels (what its dataset reads).
+
+    python benchmarks/paper_data.py [--patients 6] [--samples 12] [--gpu-step 0.273]
+        [--work DIR] [--params params.yaml]
+
+About 3 GB of memory for synthesis and 0.2 GB of disk per patient in ``--work`` (a temporary
+folder, removed, unless given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hecktor.config import load_config, override
+from hecktor.data.preprocess import load_prepared, prepare_release
+from hecktor.data.synthetic import synthesize
+from hecktor.prediction import survival_input
+from hecktor.reports import markdown_table
+from hecktor.tasks.seg import SegmentationTask
+
+
+def drop_cached(folder: Path) -> None:
+    """Ask the kernel to drop a folder's file pages (a cold read without root rights)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def timed(read, patients: list[str], prepared: Path, samples: int) -> dict[str, float]:
+    """Median and 90th percentile seconds of ``read(patient)``, cold and warm."""
+    cold, warm = [], []
+    for i in range(samples):
+        patient = patients[i % len(patients)]
+        drop_cached(prepared / patient)
+        start = time.perf_counter()
+        read(patient)
+        cold.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        read(patient)
+        warm.append(time.perf_counter() - start)
+    return {
+        "cold median": float(np.median(cold)), "cold p90": float(np.percentile(cold, 90)),
+        "warm median": float(np.median(warm)), "warm p90": float(np.percentile(warm, 90)),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=12, help="timed samples per task")
+    parser.add_argument("--gpu-step", type=float, default=0.273,
+                        help="seconds per Task 1 training step on the GPU (README, GPU section)")  # fmt: skip
+    parser.add_argument("--work", help="folder for the release and prepared data (kept)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(args.params, "paper")
+    with tempfile.TemporaryDirectory(prefix="paper-data-") as tmp:
+        work = Path(args.work or tmp)
+        start = time.perf_counter()
+        synthesize(override(cfg.synth, patients=args.patients, workers=1), work / "release",
+                   work / "oracle.csv")  # fmt: skip
+        synth_s = time.perf_counter() - start
+        start = time.perf_counter()
+        index = prepare_release(
+            work / "release", work / "prepared", override(cfg.prepare, workers=1)
+        )
+        prepare_s = (time.perf_counter() - start) / len(index)
+        prepared = work / "prepared"
+        patients = list(index["PatientID"])
+        labelled = list(index.loc[index["has_label"], "PatientID"])
+        stored = [sum(p.stat().st_size for p in (prepared / pid).rglob("*") if p.is_file()) / 1e6
+                  for pid in patients]  # fmt: skip
+        seg = SegmentationTask(cfg.seg, prepared)
+        seg_data = seg.train_dataset(labelled)
+        position = {pid: i for i, pid in enumerate(labelled)}
+        rows = []
+        for task, batch, read, who in (
+            ("Task 1/3 patch", cfg.seg.train.batch_size, lambda p: seg_data[position[p]], labelled),
+            ("Task 2 volume", cfg.rfs.train.batch_size,
+             lambda p: survival_input(load_prepared(prepared, p).image,
+                                      np.asarray(load_prepared(prepared, p).label)), labelled),
+        ):  # fmt: skip
+            times = timed(read, who, prepared, args.samples)
+            rows.append({"task": task, **times,
+                         "workers": math.ceil(batch * times["warm p90"] / args.gpu_step)})  # fmt: skip
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"{len(patients)} paper-profile patients, volume {seg.shape}, patch {seg.patch}, one core; "
+          f"synthesis {synth_s:.1f} s, prepare {prepare_s:.1f} s per case, stored "
+          f"{np.mean(stored):.1f} MB per case (max {max(stored):.1f}), peak memory {peak_gb:.1f} GB")  # fmt: skip
+    print(f"full release of 1,200 patients: {1200 * np.mean(stored) / 1e3:.0f} GB prepared")
+    print(markdown_table(rows, ["task", "cold median", "cold p90", "warm median", "warm p90",
+                                "workers"]))  # fmt: skip
+    print(
+        f"workers: loader processes that keep a {args.gpu_step} s GPU step fed at the "
+        "paper's batch sizes (per GPU)"
+    )
+
+
+if __name__ == "__main__":
+    main()
