@@ -77,6 +77,11 @@ def test_a_region_is_read_around_a_stored_foreground_voxel_and_stays_inside_the_
     assert out["label"].sum() == 2  # shifted inside the volume, the voxel still in it
     small = ReadRegion((40, 8, 8), 0.0)({"case": case})  # larger than the volume on one axis
     assert small["image"].shape == (2, 24, 8, 8)
+    label[2:4, 2:4, 2:4] = 1  # 8 GTVp voxels beside the 1 GTVn voxel: drawn 8 times as often
+    region = ReadRegion((1, 1, 1), foreground_prob=1.0)
+    region.set_random_state(1)
+    drawn = [int(region({"case": ArrayCase(case.image, label)})["label"].max()) for _ in range(900)]
+    assert 0.85 < drawn.count(1) / len(drawn) < 0.93  # voxel-uniform: 8/9 = 0.89
     unlabelled = ReadRegion((8, 8, 8), 1.0)({"case": ArrayCase(case.image, None)})
     assert unlabelled["label"].shape == (1, 8, 8, 8) and not unlabelled["label"].any()
 

@@ -159,8 +159,9 @@ def test_a_stored_case_reads_back_a_region_as_prepared(tmp_path):
     np.testing.assert_array_equal(region, image[(slice(None), *box)])
     np.testing.assert_array_equal(labels, label[box])
     found = stored.foreground()
-    assert len(found[1]) == 4 * 4 * 3 and found[2].tolist() == [[60, 30, 20]]
-    assert (label[tuple(found[1].T)] == 1).all()
+    assert found.counts == {1: 4 * 4 * 3, 2: 1}
+    assert len(found.locations[1]) == 48 and found.locations[2].tolist() == [[60, 30, 20]]
+    assert (label[tuple(found.locations[1].T)] == 1).all()
     whole = load_prepared(tmp_path, "P")
     assert whole.image.dtype == np.float32 and whole.label.dtype == np.uint8
     with pytest.raises(ValueError, match="no prepared image; prepare the release again"):
@@ -170,5 +171,6 @@ def test_a_stored_case_reads_back_a_region_as_prepared(tmp_path):
 def test_foreground_locations_are_capped_per_class():
     label = np.ones((30, 30, 30), np.uint8)  # 27,000 voxels of class 1
     found = foreground_locations(label)
-    assert len(found[1]) == FOREGROUND_SAMPLES and len(found[2]) == 0
-    assert len({tuple(v) for v in found[1].tolist()}) == FOREGROUND_SAMPLES  # no repeats
+    assert found.counts == {1: 27_000, 2: 0}
+    assert len(found.locations[1]) == FOREGROUND_SAMPLES and len(found.locations[2]) == 0
+    assert len({tuple(v) for v in found.locations[1].tolist()}) == FOREGROUND_SAMPLES

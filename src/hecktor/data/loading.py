@@ -2,9 +2,9 @@
 
 Augmentation follows the paper (TrivialAugment): exactly one transform per sample, drawn uniformly
 from identity, affine (rotation, scaling), gamma, Gaussian noise and Gaussian blur, each with a
-random magnitude. The sample is centred on foreground with probability ``foreground_prob`` (a class
-drawn uniformly among those present, then one of its voxels stored at prepare time, as nnU-Net
-does), on a random voxel otherwise. Only a region 1.25 times the patch around that centre is read
+random magnitude. The sample is centred on foreground with probability ``foreground_prob`` (a
+foreground voxel drawn uniformly, as MONAI's positive/negative crop does: a class by its voxel
+count, then one of its voxels stored at prepare time), on a random voxel otherwise. Only a region 1.25 times the patch around that centre is read
 from the stored case (its compressed chunks), augmented, and centre-cropped to the patch.
 """
 
@@ -34,7 +34,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset, Sampler
 
 from hecktor.config import AugmentConfig
-from hecktor.data.preprocess import StoredCase, foreground_locations
+from hecktor.data.preprocess import Foreground, StoredCase, foreground_locations
 
 set_track_meta(False)  # plain tensors: MetaTensor bookkeeping slows the loop and is not needed
 
@@ -57,8 +57,8 @@ class ArrayCase:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
 
-    def foreground(self) -> dict[int, np.ndarray]:
-        return foreground_locations(self.label) if self.label is not None else {}
+    def foreground(self) -> Foreground:
+        return foreground_locations(self.label) if self.label is not None else Foreground({}, {})
 
     def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
         label = None if self.label is None else np.asarray(self.label)[box]
@@ -76,9 +76,11 @@ class ReadRegion(Randomizable, Transform):
         self.foreground_prob = foreground_prob
 
     def centre(self, case) -> list[int]:
-        found = {c: v for c, v in case.foreground().items() if len(v)}
-        if found and self.R.rand() < self.foreground_prob:
-            voxels = found[sorted(found)[self.R.randint(len(found))]]
+        found = case.foreground()
+        classes = sorted(c for c, n in found.counts.items() if n > 0)
+        if classes and self.R.rand() < self.foreground_prob:
+            counts = np.array([found.counts[c] for c in classes], dtype=float)
+            voxels = found.locations[classes[self.R.choice(len(classes), p=counts / counts.sum())]]
             return [int(v) for v in voxels[self.R.randint(len(voxels))]]
         return [int(self.R.randint(s)) for s in case.shape]
 

@@ -212,17 +212,37 @@ FOREGROUND_SAMPLES = 10_000  # voxel locations kept per class (as nnU-Net keeps)
 _CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}
 
 
-def foreground_locations(label: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
-    """Up to :data:`FOREGROUND_SAMPLES` voxel locations (z, y, x) of each class, drawn once when
-    a case is prepared, so that a foreground-centred crop needs no search of the volume."""
+@dataclass(frozen=True)
+class Foreground:
+    """Up to :data:`FOREGROUND_SAMPLES` voxel locations (z, y, x) of each class and each class's
+    voxel count, drawn once when a case is prepared, so that a foreground-centred crop needs no
+    search of the volume and can still pick a foreground voxel uniformly (class by its count)."""
+
+    locations: dict[int, np.ndarray]
+    counts: dict[int, int]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {f"class{c}": v for c, v in self.locations.items()} | {
+            "counts": np.array([[c, n] for c, n in self.counts.items()], dtype=np.int64)
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays) -> Foreground:
+        counts = {int(c): int(n) for c, n in arrays["counts"]}
+        return cls({c: arrays[f"class{c}"] for c in counts}, counts)
+
+
+def foreground_locations(label: np.ndarray, seed: int = 0) -> Foreground:
+    """The :class:`Foreground` of a label map."""
     rng = np.random.default_rng(seed)
-    out = {}
+    locations, counts = {}, {}
     for value in (1, 2):
         where = np.argwhere(np.asarray(label) == value)
+        counts[value] = len(where)
         if len(where) > FOREGROUND_SAMPLES:
             where = where[np.sort(rng.choice(len(where), FOREGROUND_SAMPLES, replace=False))]
-        out[value] = where.astype(np.int32)
-    return out
+        locations[value] = where.astype(np.int32)
+    return Foreground(locations, counts)
 
 
 def _write_array(path: Path, array: np.ndarray, chunks: tuple[int, ...]) -> None:
@@ -239,8 +259,7 @@ def save_case(folder: Path, prepared: PreparedCase) -> None:
     if prepared.label is not None:
         label = np.asarray(prepared.label, dtype=np.uint8)
         _write_array(folder / LABEL, label, (CHUNK, CHUNK, CHUNK))
-        found = foreground_locations(label)
-        np.savez(folder / FOREGROUND, **{f"class{c}": v for c, v in found.items()})
+        np.savez(folder / FOREGROUND, **foreground_locations(label).to_arrays())
     (folder / "meta.json").write_text(json.dumps(prepared.meta, indent=1))
 
 
@@ -261,12 +280,12 @@ class StoredCase:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self._image.shape[1:])  # type: ignore[return-value]
 
-    def foreground(self) -> dict[int, np.ndarray]:
-        """Each class's stored voxel locations (empty without a label)."""
+    def foreground(self) -> Foreground:
+        """Each class's stored voxel locations and count (none without a label)."""
         if not self.has_label:
-            return {}
+            return Foreground({}, {})
         with np.load(self.folder / FOREGROUND) as found:
-            return {int(k.removeprefix("class")): found[k] for k in found.files}
+            return Foreground.from_arrays(found)
 
     def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
         """Image (2, ...) float32 and label (...) uint8 (None without one) of a region."""
