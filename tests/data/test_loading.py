@@ -4,20 +4,14 @@ import torch
 from monai.transforms import OneOf
 
 from hecktor.config import AugmentConfig
-from hecktor.data.loading import (
-    ArrayCase,
-    PreparedDataset,
-    ReadRegion,
-    Unwrap,
-    segmentation_transform,
-)
+from hecktor.data.loading import PreparedDataset, Unwrap, segmentation_transform
 
 
 def _item(shape=(24, 24, 24)):
     image = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
-    label = np.zeros(shape, np.uint8)
-    label[2:5, 2:5, 2:5] = 1  # a small lesion in a corner
-    return {"case": ArrayCase(image, label)}
+    label = np.zeros((1, *shape), np.uint8)
+    label[0, 2:5, 2:5, 2:5] = 1  # a small lesion in a corner
+    return {"image": image, "label": label}
 
 
 def test_transform_yields_the_patch():
@@ -64,26 +58,6 @@ def test_same_seed_same_sample():
     transform.set_random_state(5)
     b = transform(_item())
     torch.testing.assert_close(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
-
-
-def test_a_region_is_read_around_a_stored_foreground_voxel_and_stays_inside_the_volume():
-    label = np.zeros((24, 24, 24), np.uint8)
-    label[20, 21, 22] = 2  # one GTVn voxel near a corner, no GTVp
-    case = ArrayCase(np.zeros((2, 24, 24, 24), np.float32), label)
-    region = ReadRegion((10, 10, 10), foreground_prob=1.0)
-    region.set_random_state(0)
-    out = region({"case": case})
-    assert out["image"].shape == (2, 10, 10, 10) and out["label"].shape == (1, 10, 10, 10)
-    assert out["label"].sum() == 2  # shifted inside the volume, the voxel still in it
-    small = ReadRegion((40, 8, 8), 0.0)({"case": case})  # larger than the volume on one axis
-    assert small["image"].shape == (2, 24, 8, 8)
-    label[2:4, 2:4, 2:4] = 1  # 8 GTVp voxels beside the 1 GTVn voxel: drawn 8 times as often
-    region = ReadRegion((1, 1, 1), foreground_prob=1.0)
-    region.set_random_state(1)
-    drawn = [int(region({"case": ArrayCase(case.image, label)})["label"].max()) for _ in range(900)]
-    assert 0.85 < drawn.count(1) / len(drawn) < 0.93  # voxel-uniform: 8/9 = 0.89
-    unlabelled = ReadRegion((8, 8, 8), 1.0)({"case": ArrayCase(case.image, None)})
-    assert unlabelled["label"].shape == (1, 8, 8, 8) and not unlabelled["label"].any()
 
 
 def test_dataset_reads_prepared_cases(prepared_dir):

@@ -6,17 +6,12 @@ import SimpleITK as sitk
 
 from hecktor.data import layout
 from hecktor.data.preprocess import (
-    FOREGROUND_SAMPLES,
     Geometry,
-    PreparedCase,
-    StoredCase,
     brain_centre,
-    foreground_locations,
     load_prepared,
     normalise_ct,
     normalise_pet,
     preprocess,
-    save_case,
     to_original_grid,
 )
 from tests.conftest import make_image
@@ -142,35 +137,3 @@ def test_clinical_and_index_written(prepared_dir):
     assert len(cases) == 8 and cases["has_label"].all()
     assert {"PatientID", "CenterID", "Age", "HPV Status", "RFS", "Relapse"} <= set(clinical.columns)
     assert set(clinical["PatientID"]) <= set(cases["PatientID"])
-
-
-def test_a_stored_case_reads_back_a_region_as_prepared(tmp_path):
-    """float16 images and uint8 labels in compressed chunks: a region reads back exactly (the
-    image was rounded to float16 when prepared), and each class's foreground is stored."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(2, 70, 40, 30)).astype(np.float16).astype(np.float32)
-    label = np.zeros((70, 40, 30), np.uint8)
-    label[10:14, 5:9, 3:6] = 1
-    label[60, 30, 20] = 2
-    save_case(tmp_path / "P", PreparedCase(image, label, {"grid": {}}))
-    stored = StoredCase(tmp_path / "P")
-    box = (slice(5, 69), slice(0, 40), slice(7, 30))
-    region, labels = stored.read(box)
-    np.testing.assert_array_equal(region, image[(slice(None), *box)])
-    np.testing.assert_array_equal(labels, label[box])
-    found = stored.foreground()
-    assert found.counts == {1: 4 * 4 * 3, 2: 1}
-    assert len(found.locations[1]) == 48 and found.locations[2].tolist() == [[60, 30, 20]]
-    assert (label[tuple(found.locations[1].T)] == 1).all()
-    whole = load_prepared(tmp_path, "P")
-    assert whole.image.dtype == np.float32 and whole.label.dtype == np.uint8
-    with pytest.raises(ValueError, match="no prepared image; prepare the release again"):
-        StoredCase(tmp_path / "missing")
-
-
-def test_foreground_locations_are_capped_per_class():
-    label = np.ones((30, 30, 30), np.uint8)  # 27,000 voxels of class 1
-    found = foreground_locations(label)
-    assert found.counts == {1: 27_000, 2: 0}
-    assert len(found.locations[1]) == FOREGROUND_SAMPLES and len(found.locations[2]) == 0
-    assert len({tuple(v) for v in found.locations[1].tolist()}) == FOREGROUND_SAMPLES

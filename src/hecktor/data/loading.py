@@ -2,10 +2,9 @@
 
 Augmentation follows the paper (TrivialAugment): exactly one transform per sample, drawn uniformly
 from identity, affine (rotation, scaling), gamma, Gaussian noise and Gaussian blur, each with a
-random magnitude. The sample is centred on foreground with probability ``foreground_prob`` (a
-foreground voxel drawn uniformly, as MONAI's positive/negative crop does: a class by its voxel
-count, then one of its voxels stored at prepare time), on a random voxel otherwise. Only a region 1.25 times the patch around that centre is read
-from the stored case (its compressed chunks), augmented, and centre-cropped to the patch.
+random magnitude; then a crop centred on foreground with probability ``foreground_prob``, on a random
+voxel otherwise. To keep the affine cheap on large volumes, a region 1.25 times the patch is cut out
+first (same centre rule), augmented, and centre-cropped to the patch.
 """
 
 from __future__ import annotations
@@ -25,16 +24,15 @@ from monai.transforms import (
     OneOf,
     RandAdjustContrastd,
     RandAffined,
+    RandCropByPosNegLabeld,
     RandGaussianNoised,
     RandGaussianSmoothd,
-    Randomizable,
     SpatialPadd,
-    Transform,
 )
 from torch.utils.data import Dataset, Sampler
 
 from hecktor.config import AugmentConfig
-from hecktor.data.preprocess import Foreground, StoredCase, foreground_locations
+from hecktor.data.preprocess import load_prepared
 
 set_track_meta(False)  # plain tensors: MetaTensor bookkeeping slows the loop and is not needed
 
@@ -46,63 +44,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class ArrayCase:
-    """A case held in memory, read like a stored one (:class:`~hecktor.data.preprocess.StoredCase`)."""
-
-    def __init__(self, image: np.ndarray, label: np.ndarray | None) -> None:
-        self.image, self.label = np.asarray(image, np.float32), label
-        self.has_label = label is not None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
-
-    def foreground(self) -> Foreground:
-        return foreground_locations(self.label) if self.label is not None else Foreground({}, {})
-
-    def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
-        label = None if self.label is None else np.asarray(self.label)[box]
-        return self.image[(slice(None), *box)], label
-
-
-class ReadRegion(Randomizable, Transform):
-    """From ``item["case"]`` (a stored or in-memory case), read the region of ``size`` around a
-    centre drawn as the module docstring says: ``image`` (2, ...) and ``label`` (1, ...), zeros
-    where the case has no label. The region lies inside the volume (shifted at its borders), and
-    is smaller only where the volume is."""
-
-    def __init__(self, size: Sequence[int], foreground_prob: float) -> None:
-        self.size = [int(s) for s in size]
-        self.foreground_prob = foreground_prob
-
-    def centre(self, case) -> list[int]:
-        found = case.foreground()
-        classes = sorted(c for c, n in found.counts.items() if n > 0)
-        if classes and self.R.rand() < self.foreground_prob:
-            counts = np.array([found.counts[c] for c in classes], dtype=float)
-            voxels = found.locations[classes[self.R.choice(len(classes), p=counts / counts.sum())]]
-            return [int(v) for v in voxels[self.R.randint(len(voxels))]]
-        return [int(self.R.randint(s)) for s in case.shape]
-
-    def randomize(self, data=None) -> None:
-        return None
-
-    def __call__(self, item: dict) -> dict:
-        case = item.pop("case")
-        centre = self.centre(case)
-        box = []
-        for c, r, s in zip(centre, self.size, case.shape, strict=True):
-            start = min(max(c - r // 2, 0), max(s - r, 0))
-            box.append(slice(start, min(start + r, s)))
-        image, label = case.read(tuple(box))
-        if label is None:
-            label = np.zeros(image.shape[1:], np.uint8)
-        return {**item, "image": image, "label": np.asarray(label, np.uint8)[None]}
-
-
 class PreparedDataset(Dataset):
-    """Prepared cases as dicts: ``image`` (2, ...) float32, ``label`` (1, ...), ``patient``; the
-    whole volume, or what ``transform`` makes of the stored case (``item["case"]``).
+    """Prepared cases as dicts: ``image`` (2, Z, Y, X) float32, ``label`` (1, Z, Y, X), ``patient``.
 
     With ``allow_unlabelled``, a case without a label (a Task 2 or 3 patient outside Task 1) gets an
     empty one and ``has_label`` False, so a task can leave it out of its segmentation loss.
@@ -125,16 +68,18 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         patient = self.patients[index]
-        case = StoredCase(self.root / patient)
-        if not case.has_label and not self.allow_unlabelled:
+        case = load_prepared(self.root, patient)
+        item: dict = {"image": np.array(case.image, dtype=np.float32), "patient": patient}
+        if case.label is None and not self.allow_unlabelled:
             raise ValueError(f"{patient}: no label in {self.root / patient}")
-        item: dict = {"case": case, "patient": patient, "has_label": case.has_label}
+        label = case.label if case.label is not None else np.zeros(case.image.shape[1:], np.uint8)
+        item["label"] = np.array(label, dtype=np.uint8)[None]
+        item["has_label"] = case.label is not None
         if self.transform is not None:
             item = self.transform(item)
-        else:
-            item = ReadRegion(case.shape, 0.0)(item)  # the whole volume
         item["image"] = torch.as_tensor(item["image"], dtype=torch.float32)
-        item["label"] = torch.as_tensor(item["label"]).long()
+        if "label" in item:
+            item["label"] = torch.as_tensor(item["label"]).long()
         return item
 
 
@@ -144,8 +89,7 @@ def segmentation_transform(
     cfg: AugmentConfig,
     foreground_prob: float,
 ) -> Compose:
-    """A region around foreground (or not) read from the case, one TrivialAugment op, then the
-    patch. The input is ``{"case": ...}`` (see :class:`ReadRegion`)."""
+    """Random crop around foreground (or not), one TrivialAugment op, then the patch."""
     patch = [int(p) for p in patch_size]
     region = [max(p, min(round(p * 1.25), v)) for p, v in zip(patch, volume_shape, strict=True)]
     rotate = np.deg2rad(cfg.rotate_deg)
@@ -153,8 +97,10 @@ def segmentation_transform(
     keys = ["image", "label"]
     return Compose(
         [
-            ReadRegion(region, foreground_prob),
             SpatialPadd(keys, region, mode="constant"),
+            RandCropByPosNegLabeld(
+                keys, "label", region, pos=foreground_prob, neg=1 - foreground_prob, num_samples=1
+            ),
             OneOf(
                 [
                     Identityd(keys),
@@ -182,8 +128,13 @@ def segmentation_transform(
     )
 
 
+def first(item: dict | list) -> dict:
+    """Unwrap the one-sample list that MONAI's random crop returns."""
+    return item[0] if isinstance(item, list) else item
+
+
 class Unwrap:
-    """A transform the engine reseeds every epoch with any integer seed (MONAI's need < 2**32)."""
+    """Compose wrapper that returns a dict (MONAI's crop yields a list of one)."""
 
     def __init__(self, transform: Compose) -> None:
         self.transform = transform
@@ -192,7 +143,7 @@ class Unwrap:
         self.transform.set_random_state(seed=seed % 2**32)
 
     def __call__(self, item: dict) -> dict:
-        return self.transform(item)
+        return first(self.transform(item))
 
 
 class BalancedBatchSampler(Sampler[list[int]]):

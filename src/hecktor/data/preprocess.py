@@ -19,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import blosc2
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
@@ -164,8 +163,7 @@ def preprocess(case: RawCase, cfg: PrepareConfig) -> PreparedCase:
     pet = np.clip(pet, 0, None)
     suv_max = float(pet.max())
     pet_z, pet_mean, pet_std = normalise_pet(pet)
-    # float16 values, as stored (save_case): a new patient's prediction sees what training saw
-    image = np.stack([normalise_ct(ct, cfg), pet_z]).astype(np.float16).astype(np.float32)
+    image = np.stack([normalise_ct(ct, cfg), pet_z]).astype(np.float32)
     label, kept = None, None
     if case.label is not None:
         label = sitk.GetArrayFromImage(_resample(case.label, grid, sitk.sitkNearestNeighbor, 0))
@@ -204,101 +202,21 @@ def to_original_grid(mask: np.ndarray, grid: Geometry, original: Geometry) -> si
 # --------------------------------------------------------------------------- storage
 
 
-IMAGE, LABEL, FOREGROUND = "image.b2nd", "label.b2nd", "foreground.npz"
-CHUNK = 64  # voxels per chunk side: a patch read decompresses only the chunks it overlaps
-FOREGROUND_SAMPLES = 10_000  # voxel locations kept per class (as nnU-Net keeps)
-# zstd at level 1 after byte shuffling: measured on paper-scale cases (288^3, 1 mm), 25 MB per case
-# (215 MB as float32 .npy) and 0.06 s per 240^3 region read on one core (README, GPU section)
-_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}
-
-
-@dataclass(frozen=True)
-class Foreground:
-    """Up to :data:`FOREGROUND_SAMPLES` voxel locations (z, y, x) of each class and each class's
-    voxel count, drawn once when a case is prepared, so that a foreground-centred crop needs no
-    search of the volume and can still pick a foreground voxel uniformly (class by its count)."""
-
-    locations: dict[int, np.ndarray]
-    counts: dict[int, int]
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f"class{c}": v for c, v in self.locations.items()} | {
-            "counts": np.array([[c, n] for c, n in self.counts.items()], dtype=np.int64)
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays) -> Foreground:
-        counts = {int(c): int(n) for c, n in arrays["counts"]}
-        return cls({c: arrays[f"class{c}"] for c in counts}, counts)
-
-
-def foreground_locations(label: np.ndarray, seed: int = 0) -> Foreground:
-    """The :class:`Foreground` of a label map."""
-    rng = np.random.default_rng(seed)
-    locations, counts = {}, {}
-    for value in (1, 2):
-        where = np.argwhere(np.asarray(label) == value)
-        counts[value] = len(where)
-        if len(where) > FOREGROUND_SAMPLES:
-            where = where[np.sort(rng.choice(len(where), FOREGROUND_SAMPLES, replace=False))]
-        locations[value] = where.astype(np.int32)
-    return Foreground(locations, counts)
-
-
-def _write_array(path: Path, array: np.ndarray, chunks: tuple[int, ...]) -> None:
-    chunks = tuple(min(c, s) for c, s in zip(chunks, array.shape, strict=True))
-    blosc2.asarray(np.ascontiguousarray(array), urlpath=str(path), mode="w", chunks=chunks,
-                   cparams=_CPARAMS)  # fmt: skip
-
-
 def save_case(folder: Path, prepared: PreparedCase) -> None:
-    """Store a case for patch reads: images as float16 (they are normalised), labels as uint8,
-    both compressed in 64^3 chunks, and each class's foreground locations."""
     folder.mkdir(parents=True, exist_ok=True)
-    _write_array(folder / IMAGE, prepared.image.astype(np.float16), (1, CHUNK, CHUNK, CHUNK))
+    np.save(folder / "image.npy", prepared.image)
     if prepared.label is not None:
-        label = np.asarray(prepared.label, dtype=np.uint8)
-        _write_array(folder / LABEL, label, (CHUNK, CHUNK, CHUNK))
-        np.savez(folder / FOREGROUND, **foreground_locations(label).to_arrays())
+        np.save(folder / "label.npy", prepared.label)
     (folder / "meta.json").write_text(json.dumps(prepared.meta, indent=1))
 
 
-class StoredCase:
-    """A prepared case on disk, read a region at a time (what training patches need)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        path = folder / IMAGE
-        if not path.is_file():
-            raise ValueError(f"{path}: no prepared image; prepare the release again "
-                             "(`hecktor prepare`, or `dvc repro prepare`)")  # fmt: skip
-        self._image = blosc2.open(str(path), mode="r")
-        self.has_label = (folder / LABEL).is_file()
-        self._label = blosc2.open(str(folder / LABEL), mode="r") if self.has_label else None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self._image.shape[1:])  # type: ignore[return-value]
-
-    def foreground(self) -> Foreground:
-        """Each class's stored voxel locations and count (none without a label)."""
-        if not self.has_label:
-            return Foreground({}, {})
-        with np.load(self.folder / FOREGROUND) as found:
-            return Foreground.from_arrays(found)
-
-    def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image (2, ...) float32 and label (...) uint8 (None without one) of a region."""
-        image = self._image[(slice(None), *box)].astype(np.float32)
-        label = self._label[box] if self._label is not None else None
-        return image, label
-
-
-def load_prepared(root: Path | str, patient: str) -> PreparedCase:
-    """Read a whole prepared case: image (2, Z, Y, X) float32, label or None, metadata."""
+def load_prepared(root: Path | str, patient: str, mmap: bool = True) -> PreparedCase:
+    """Read a prepared case; arrays are memory-mapped by default (fast random crops)."""
     folder = Path(root) / patient
-    stored = StoredCase(folder)
-    image, label = stored.read((slice(None), slice(None), slice(None)))
+    mode = "r" if mmap else None
+    image = np.load(folder / "image.npy", mmap_mode=mode)
+    label_path = folder / "label.npy"
+    label = np.load(label_path, mmap_mode=mode) if label_path.is_file() else None
     return PreparedCase(image, label, json.loads((folder / "meta.json").read_text()))
 
 
@@ -343,7 +261,7 @@ def _case_index(
         {
             "PatientID": patients,
             "CenterID": [layout.centre_of(p) for p in patients],
-            "has_label": [(root / p / LABEL).is_file() for p in patients],
+            "has_label": [(root / p / "label.npy").is_file() for p in patients],
             **{f"task{t}": [p in members[t] for p in patients] for t in layout.TASKS},
         }
     )
