@@ -34,6 +34,7 @@ def build_bundle(cfg: Config, spec: TaskSpec, out: Path) -> Path:
         "format": FORMAT,
         "name": spec.registry_name,
         "task": spec.name,
+        "title": spec.title,
         "package_version": __version__,
         "code": training_code(),
         "data": prepared_digest(cfg.paths.prepared),

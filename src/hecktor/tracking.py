@@ -270,7 +270,7 @@ def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[st
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=DESCRIPTIONS.get(name, ""))
+        client.create_registered_model(name, description=bundle.manifest.get("title", ""))
     same = [
         v
         for v in client.search_model_versions(f"name='{name}'")
@@ -296,13 +296,6 @@ def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[st
         ).version
     alias = promote(client, name, version, score, bundle.manifest["data"])
     return {"name": name, "version": str(version), "alias": alias, "score": repr(score)}
-
-
-DESCRIPTIONS = {
-    "hecktor-seg": "Task 1: GTVp and GTVn segmentation from CT and PET (DynUNet after SWA).",
-    "hecktor-hpv": "Task 3: HPV status, fold ensemble of the Task 1 network with a clinical head.",
-    "hecktor-rfs": "Task 2: recurrence-free survival risk, fold ensemble of a 3D ResNet18 + clinical.",
-}
 
 
 def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str) -> tuple[Path, str | None]:

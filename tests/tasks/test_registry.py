@@ -218,6 +218,7 @@ def test_a_task_declared_outside_the_package_runs_through_the_pipeline(
     client = MlflowClient(tracking.tracking_uri(project_cfg.paths.mlruns))
     version = client.get_model_version_by_alias("hecktor-volume", "champion")
     assert str(version.version) == "1"
+    assert client.get_registered_model("hecktor-volume").description == "Toy: total lesion volume"
     assert main(["report", *params_file]) == 0
     report = (project_cfg.paths.reports / "index.md").read_text()
     assert "| Toy: total lesion volume | MAE of log(1 + mL) |" in report
