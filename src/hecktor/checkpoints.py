@@ -84,9 +84,7 @@ def model_from(task: Buildable, state: dict[str, Any], device: torch.device) -> 
     """
     if state.get("task") and hasattr(task, "load_state"):
         task.load_state(state["task"])
-    model = task.build_model().to(device)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return restored(task.build_model(), state, device)
 
 
 def restored(network: nn.Module, state: dict[str, Any], device: torch.device) -> nn.Module:

@@ -82,6 +82,12 @@ class PrepareConfig(_Section):
     brain_zscore: float = 1.0
     workers: int = Field(1, ge=1)
 
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """The prepared volume's shape (z, y, x): the box in voxels of the grid's spacing."""
+        voxels = [round(c / s) for c, s in zip(self.crop_mm, self.spacing_mm, strict=True)]
+        return tuple(reversed(voxels))  # type: ignore[return-value]
+
     @field_validator("spacing_mm", "crop_mm")
     @classmethod
     def _positive(cls, value: Triple) -> Triple:
@@ -264,14 +270,12 @@ class Config(_Section):
         said here, naming the key, not mid-run. (Task 3 also encodes whole prepared volumes: that
         shape is checked when the task starts, against the plan of the weights it starts from.)"""
         spacing = tuple(reversed(self.prepare.spacing_mm))
-        shape = tuple(reversed([round(c / s) for c, s in
-                                zip(self.prepare.crop_mm, self.prepare.spacing_mm, strict=True)]))  # fmt: skip
-        patch = tuple(min(p, s) for p, s in zip(self.seg.patch_size, shape, strict=True))
+        shape = self.prepare.shape_zyx
+        patch = planning.within(self.seg.patch_size, shape)
         _, strides = planning.kernels_and_strides(self.seg.network, patch, spacing)
         for size, what in (
             (patch, "seg.patch_size (within the prepared volume)"),
-            (tuple(min(p, s) for p, s in zip(self.hpv.patch_size, shape, strict=True)),
-             "hpv.patch_size (within the prepared volume)"),
+            (planning.within(self.hpv.patch_size, shape), "hpv.patch_size (within the prepared volume)"),
         ):  # fmt: skip
             problem = planning.misfit(size, strides, self.seg.network, what)
             if problem:

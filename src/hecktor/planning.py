@@ -15,6 +15,11 @@ from collections.abc import Sequence
 SEGRESNET_LEVELS = 4
 
 
+def within(size: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """A patch size clipped to the volume it is cut from (a patch is never larger)."""
+    return tuple(min(int(p), int(s)) for p, s in zip(size, shape, strict=True))
+
+
 def dynunet_plan(
     patch_size: Sequence[int], spacing: Sequence[float], max_levels: int = 6
 ) -> tuple[list[list[int]], list[list[int]]]:

@@ -296,9 +296,7 @@ def _summary(index: pd.DataFrame, members: dict[int, set[str]], cfg: PrepareConf
         "per_centre": index["CenterID"].value_counts().sort_index().to_dict(),
         "spacing_mm": list(cfg.spacing_mm),
         "lesion_volume_kept_min": float(index["lesion_volume_kept"].min()),
-        "shape_zyx": list(
-            reversed([round(c / s) for c, s in zip(cfg.crop_mm, cfg.spacing_mm, strict=True)])
-        ),
+        "shape_zyx": list(cfg.shape_zyx),
     }
 
 

@@ -14,27 +14,27 @@ from typing import Any
 from hecktor.config import Config
 from hecktor.tasks.spec import MASK, Fold, TaskSpec, resolve
 
-SEG = TaskSpec(
-    name="seg",
+
+def _in_package(name: str, **declared: Any) -> TaskSpec:
+    """A task whose settings are the config section ``name`` and whose runner, bundle contents
+    and predictor are ``build``, ``bundle`` and ``predictor`` of :mod:`hecktor.tasks.<name>`."""
+    code = {stage: f"hecktor.tasks.{name}:{stage}" for stage in ("build", "bundle", "predictor")}
+    return TaskSpec(name=name, section=name, **code, **declared)
+
+
+SEG = _in_package(
+    "seg",
     challenge=1,
     title="Task 1: GTVp and GTVn segmentation",
-    section="seg",
-    build="hecktor.tasks.seg:build",
-    bundle="hecktor.tasks.seg:bundle",
-    predictor="hecktor.tasks.seg:predictor",
     crossval="hecktor.crossval.seg:crossval_seg",
     outputs={MASK: "on the patient's CT grid: 0 background, 1 GTVp, 2 GTVn"},
     evaluation_only=frozenset({"min_lesion_mm3", "baseline_suv", "figure_cases"}),
 )
 
-HPV = TaskSpec(
-    name="hpv",
+HPV = _in_package(
+    "hpv",
     challenge=3,
     title="Task 3: HPV status",
-    section="hpv",
-    build="hecktor.tasks.hpv:build",
-    bundle="hecktor.tasks.hpv:bundle",
-    predictor="hecktor.tasks.hpv:predictor",
     crossval="hecktor.crossval.hpv:crossval_hpv",
     upstream=("seg",),
     outputs={
@@ -43,14 +43,10 @@ HPV = TaskSpec(
     },
 )
 
-RFS = TaskSpec(
-    name="rfs",
+RFS = _in_package(
+    "rfs",
     challenge=2,
     title="Task 2: recurrence-free survival",
-    section="rfs",
-    build="hecktor.tasks.rfs:build",
-    bundle="hecktor.tasks.rfs:bundle",
-    predictor="hecktor.tasks.rfs:predictor",
     crossval="hecktor.crossval.rfs:crossval_rfs",
     upstream=("seg", "hpv"),
     outputs={"RFS_risk": "standardised log-hazard: higher = earlier relapse"},

@@ -28,6 +28,7 @@ from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
 from hecktor.fingerprints import file_sha256
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import Plan, build_segmenter
+from hecktor.planning import within
 from hecktor.prediction import hpv_features, hpv_logit
 from hecktor.tasks import task_folds
 from hecktor.tasks.seg import plan_of, seg_plan
@@ -81,7 +82,7 @@ class HPVTask:
         self.seg = seg
         self.prepared = Path(prepared)
         self.spacing, self.shape = prepared_grid(prepared)
-        self.patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, self.shape, strict=True))
+        self.patch = within(cfg.patch_size, self.shape)
         self.table = read_clinical(prepared)
         self.encoder = ClinicalEncoder(HPV_VARIABLES)
         self.init = init if cfg.init_from_seg else None

@@ -18,13 +18,14 @@ from hecktor.config import Config, SegConfig
 from hecktor.data.loading import PreparedDataset, Unwrap, segmentation_transform
 from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
+from hecktor.planning import within
 from hecktor.prediction import remove_small_lesions, segment
 from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
 
 
 def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> Plan:
     """Task 1's network planned from the config, its patch clipped to the prepared volume."""
-    patch = tuple(min(p, s) for p, s in zip(cfg.patch_size, shape, strict=True))
+    patch = within(cfg.patch_size, shape)
     return make_plan(cfg.network, patch, spacing, cfg.base_filters, cfg.max_filters)
 
 

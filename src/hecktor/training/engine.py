@@ -438,8 +438,8 @@ def _resumable(loop: _Loop, out: Path, state_dir: Path, key: str, model: nn.Modu
         )
         state = None
     if state is None and loop.rank == 0:
-        clear_fold(out)
-        clear_fold(state_dir)
+        for folder in {out, state_dir}:  # one folder unless the state lives apart
+            clear_fold(folder)
     if state is None:
         loop.task.warm_start(model)
     _barrier(loop.world)
