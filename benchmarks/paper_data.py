@@ -2,12 +2,14 @@
 and read the way training reads it, on one core.
 
 Synthesises ``--patients`` patients of the ``paper`` profile, prepares them, and prints per task:
-prepare seconds per case, stored MB per prepared case, seconds per training sample on one core
-(median and 90th percentile, cold: the case's files dropped from the page cache first; warm: read
-again), peak memory of this process, and how many loader workers keep a GPU step of
-``--gpu-step`` seconds fed (``ceil(batch x p90 warm / step)``). Task 1 and Task 3 samples are the
-real dataset and augmentation (a random patch of a prepared case); a Task 2 sample is the whole
-prepared case with two mask channels (what its dataset reads).
+prepare seconds per case, stored MB per prepared case (and per raw case), seconds per training
+sample on one core (median and 90th percentile, cold: the case's files dropped from the page cache
+first; warm: read again), peak memory of this process, and how many loader workers keep a GPU step
+of ``--gpu-step`` seconds fed (``ceil(batch x p90 warm / step)``). Task 1 and Task 3 samples are
+the real dataset (a random patch of a prepared case), with the augmentation in the loader
+(``augment.where: workers``) or left to the device (``device``: the loader only reads the region);
+the augmentation's own cost on one CPU core is a row too. A Task 2 sample is the whole prepared
+case with two mask channels (what its dataset reads).
 
     python benchmarks/paper_data.py [--patients 6] [--samples 12] [--gpu-step 0.273]
         [--work DIR] [--params params.yaml]
@@ -28,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate as collate
 
-from hecktor.config import load_config, override
+from hecktor.config import Config, load_config, override
+from hecktor.data.loading import PreparedDataset, augment_batch
 from hecktor.data.preprocess import load_prepared, prepare_release
 from hecktor.data.synthetic import synthesize
 from hecktor.prediction import survival_input
@@ -66,6 +70,20 @@ def timed(read, patients: list[str], prepared: Path, samples: int) -> dict[str, 
     }  # fmt: skip
 
 
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def seg_dataset(cfg: Config, prepared: Path, patients: list[str], where: str) -> PreparedDataset:
+    """Task 1's training dataset with the augmentation ``where`` it says (loader or device)."""
+    augment = override(cfg.seg.augment, where=where)
+    dataset = SegmentationTask(override(cfg.seg, augment=augment), prepared).train_dataset(patients)
+    dataset.transform.set_random_state(0)  # type: ignore[union-attr]
+    if dataset.device_transform is not None:
+        dataset.device_transform.set_random_state(1)  # type: ignore[attr-defined]
+    return dataset  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=6)
@@ -76,6 +94,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    cpu = torch.device("cpu")
     cfg = load_config(args.params, "paper")
     with tempfile.TemporaryDirectory(prefix="paper-data-") as tmp:
         work = Path(args.work or tmp)
@@ -91,26 +110,42 @@ def main() -> None:
         prepared = work / "prepared"
         patients = list(index["PatientID"])
         labelled = list(index.loc[index["has_label"], "PatientID"])
-        stored = [sum(p.stat().st_size for p in (prepared / pid).rglob("*") if p.is_file()) / 1e6
-                  for pid in patients]  # fmt: skip
-        seg = SegmentationTask(cfg.seg, prepared)
-        seg_data = seg.train_dataset(labelled)
+        stored = [folder_mb(prepared / pid) for pid in patients]
+        raw = folder_mb(work / "release") / len(patients)
+        in_loader, on_device = (
+            seg_dataset(cfg, prepared, labelled, where) for where in ("workers", "device")
+        )
+        regions = {}  # the region each timed read gave, for the augmentation row
         position = {pid: i for i, pid in enumerate(labelled)}
+
+        def region(patient: str) -> None:
+            regions[patient] = on_device[position[patient]]
+
+        def augment(patient: str) -> None:
+            augment_batch(on_device.device_transform, collate([regions[patient]]), cpu)
+
         rows = []
-        for task, batch, read, who in (
-            ("Task 1/3 patch", cfg.seg.train.batch_size, lambda p: seg_data[position[p]], labelled),
+        for task, batch, read in (
+            ("Task 1/3 patch, augmented in the loader", cfg.seg.train.batch_size,
+             lambda p: in_loader[position[p]]),
+            ("Task 1/3 region, augmented on the device", cfg.seg.train.batch_size, region),
+            ("(augmentation of a region, one CPU core)", cfg.seg.train.batch_size, augment),
             ("Task 2 volume", cfg.rfs.train.batch_size,
              lambda p: survival_input(load_prepared(prepared, p).image,
-                                      np.asarray(load_prepared(prepared, p).label)), labelled),
+                                      np.asarray(load_prepared(prepared, p).label))),
         ):  # fmt: skip
-            times = timed(read, who, prepared, args.samples)
+            times = timed(read, labelled, prepared, args.samples)
             rows.append({"task": task, **times,
                          "workers": math.ceil(batch * times["warm p90"] / args.gpu_step)})  # fmt: skip
+        rows[2]["workers"] = "-"  # on the GPU, not in the loader
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        seg = SegmentationTask(cfg.seg, prepared)
     print(f"{len(patients)} paper-profile patients, volume {seg.shape}, patch {seg.patch}, one core; "
           f"synthesis {synth_s:.1f} s, prepare {prepare_s:.1f} s per case, stored "
           f"{np.mean(stored):.1f} MB per case (max {max(stored):.1f}), peak memory {peak_gb:.1f} GB")  # fmt: skip
-    print(f"full release of 1,200 patients: {1200 * np.mean(stored) / 1e3:.0f} GB prepared")
+    print(f"full release of 1,200 patients: {1200 * np.mean(stored) / 1e3:.0f} GB prepared, stored "
+          "once (DVC's cache links it); the raw release is read in place (a stage dependency, not "
+          f"cached): {raw:.0f} MB per synthetic raw case")  # fmt: skip
     print(markdown_table(rows, ["task", "cold median", "cold p90", "warm median", "warm p90",
                                 "workers"]))  # fmt: skip
     print(

@@ -133,6 +133,9 @@ class AugmentConfig(_Section):
     gamma: tuple[float, float] = (0.7, 1.5)
     noise_std: float = Field(0.1, ge=0)
     blur_sigma: tuple[float, float] = (0.5, 1.0)
+    # where the augmentation runs: in the loader's workers, or on the training device on the batch;
+    # auto: on a GPU, the device (README, GPU section: a CPU core cannot keep up there)
+    where: Literal["auto", "workers", "device"] = "auto"
 
 
 class SegConfig(_Section):

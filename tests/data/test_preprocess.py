@@ -7,11 +7,15 @@ import SimpleITK as sitk
 from hecktor.data import layout
 from hecktor.data.preprocess import (
     Geometry,
+    PreparedCase,
+    StoredCase,
     brain_centre,
+    foreground_of,
     load_prepared,
     normalise_ct,
     normalise_pet,
     preprocess,
+    save_case,
     to_original_grid,
 )
 from tests.conftest import make_image
@@ -137,3 +141,38 @@ def test_clinical_and_index_written(prepared_dir):
     assert len(cases) == 8 and cases["has_label"].all()
     assert {"PatientID", "CenterID", "Age", "HPV Status", "RFS", "Relapse"} <= set(clinical.columns)
     assert set(clinical["PatientID"]) <= set(cases["PatientID"])
+
+
+def test_a_stored_case_reads_back_a_region_as_prepared(tmp_path):
+    """float16 images and uint8 labels in compressed chunks: a region reads back exactly (the
+    image was rounded to float16 when prepared), and each class's foreground is stored."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 70, 40, 30)).astype(np.float16).astype(np.float32)
+    label = np.zeros((70, 40, 30), np.uint8)
+    label[10:14, 5:9, 3:6] = 1
+    label[60, 30, 20] = 2
+    save_case(tmp_path / "P", PreparedCase(image, label, {"grid": {}}))
+    stored = StoredCase(tmp_path / "P")
+    box = (slice(5, 69), slice(0, 40), slice(7, 30))
+    region, labels = stored.read(box)
+    np.testing.assert_array_equal(region, image[(slice(None), *box)])
+    np.testing.assert_array_equal(labels, label[box])
+    found = stored.foreground()
+    assert found.shape == (70, 40, 30) and sorted(found.indices) == [1, 2]
+    assert len(found.indices[1]) == 4 * 4 * 3
+    np.testing.assert_array_equal(found.labelled(), np.flatnonzero(label))
+    assert np.unravel_index(found.indices[2], label.shape) == (60, 30, 20)
+    whole = load_prepared(tmp_path, "P")
+    assert whole.image.dtype == np.float32 and whole.label.dtype == np.uint8
+    with pytest.raises(ValueError, match="no prepared image; prepare the release again"):
+        StoredCase(tmp_path / "missing")
+
+
+def test_foreground_holds_every_voxel_of_each_class_and_none_without_labels():
+    label = np.zeros((5, 6, 7), np.uint8)
+    label[1:3, 2, :] = 1
+    label[4, 5, 6] = 2
+    found = foreground_of(label)
+    for value in (1, 2):
+        np.testing.assert_array_equal(found.indices[value], np.flatnonzero(label == value))
+    assert foreground_of(np.zeros((3, 3, 3), np.uint8)).labelled().size == 0

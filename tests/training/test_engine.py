@@ -333,3 +333,39 @@ def test_the_cosine_schedule_is_a_function_of_the_position_only(project_cfg):
     constant = cfg.model_copy(update={"lr_schedule": "constant"})
     loop = engine._Loop(task, constant, torch.device("cpu"), engine.Precision("fp32", "t"), 0, 1)
     assert {loop._learning_rate(e, 1, 10) for e in (1, 4)} == {1e-3}
+
+
+def test_each_loader_worker_draws_its_own_augmentation(project_cfg):
+    """A worker starts with a copy of the main process's transform: without its own seed, every
+    worker would cut the same crops and draw the same ops as the others."""
+    task, train_ids, _ = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(
+        update={"num_workers": 2, "batch_size": 1, "drop_last": False}
+    )
+    loop = engine._Loop(task, cfg, torch.device("cpu"), engine.Precision("fp32", "test"), 0, 1)
+    dataset = task.train_dataset([train_ids[0]] * 4)  # one patient: only the draws differ
+
+    def images():
+        return [batch["image"] for batch, _ in loop.batches(dataset, loop.loader(dataset, 1))]
+
+    first = images()
+    assert not any(torch.equal(a, b) for a, b in itertools.combinations(first, 2))
+    assert all(torch.equal(a, b) for a, b in zip(first, images(), strict=True))  # seeded
+
+
+def test_augmentation_on_the_device_trains_and_logs_the_data_wait(project_cfg, tmp_path):
+    seg = project_cfg.seg.model_copy(
+        update={"augment": project_cfg.seg.augment.model_copy(update={"where": "device"})}
+    )
+    task = SegmentationTask(seg, project_cfg.paths.prepared)
+    _, train_ids, _ = _task_and_fold(project_cfg)
+    dataset = task.train_dataset(train_ids)
+    assert dataset.device_transform is not None
+    sample = dataset[0]  # the loader reads a region 1.25 times the patch, the device cuts it
+    assert sample["image"].shape[1:] != task.patch
+    cfg = seg.train.model_copy(update={"epochs": 1, "swa_epochs": 0})
+    runs = [engine.fit(task, train_ids, [], cfg, tmp_path / f"run{i}", key="k") for i in range(2)]
+    record = runs[0].history[0]
+    assert 0 <= record["data_wait"] <= 1 and math.isfinite(record["train_loss"])
+    weights = [checkpoints.load_checkpoint(r.out / "best.pt")["model"] for r in runs]
+    assert _same_weights(*weights)  # seeded on the device too

@@ -21,8 +21,7 @@ from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
     BalancedBatchSampler,
     PreparedDataset,
-    Unwrap,
-    segmentation_transform,
+    augmented_dataset,
 )
 from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
 from hecktor.fingerprints import file_sha256
@@ -52,6 +51,7 @@ class ClinicalDataset(Dataset):
         self.clinical = clinical
         self.targets = targets
         self.transform = images.transform  # reseeded by the engine every epoch
+        self.device_transform = images.device_transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -126,10 +126,9 @@ class HPVTask:
             model.segmenter.load_state_dict(load_checkpoint(self.init)["model"])  # type: ignore[union-attr]
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
-        transform = segmentation_transform(
-            self.patch, self.shape, self.cfg.augment, self.cfg.foreground_prob
+        images = augmented_dataset(
+            self.prepared, patients, self.patch, self.shape, self.cfg, allow_unlabelled=True
         )
-        images = PreparedDataset(self.prepared, patients, Unwrap(transform), allow_unlabelled=True)
         clinical = self.encoder.transform(self.table.loc[list(patients)])
         return ClinicalDataset(images, clinical, {"hpv": self.labels(patients)})
 

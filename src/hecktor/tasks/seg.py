@@ -15,7 +15,7 @@ from hecktor import metrics
 from hecktor.bundle import Bundle
 from hecktor.checkpoints import best_fold, restored
 from hecktor.config import Config, SegConfig
-from hecktor.data.loading import PreparedDataset, Unwrap, segmentation_transform
+from hecktor.data.loading import augmented_dataset
 from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.planning import within
@@ -57,10 +57,7 @@ class SegmentationTask:
         return build_segmenter(self.plan)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
-        transform = segmentation_transform(
-            self.patch, self.shape, self.cfg.augment, self.cfg.foreground_prob
-        )
-        return PreparedDataset(self.prepared, patients, Unwrap(transform))
+        return augmented_dataset(self.prepared, patients, self.patch, self.shape, self.cfg)
 
     def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
         return None

@@ -27,8 +27,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,17 +38,30 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hecktor.checkpoints import clear_fold, load_checkpoint, save_checkpoint
 from hecktor.config import TrainConfig
-from hecktor.data.loading import seed_everything
+from hecktor.data.loading import augment_batch, seed_everything
 from hecktor.devices import Autocast, autocast_for, precision_for, resolve_device
 from hecktor.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+# the device's augmentation draws its own random stream, not the loader's
+_DEVICE_STREAM = 104_729
+
+
+def _reseed_worker(seed: int, worker: int) -> None:
+    """Give each loader worker its own augmentation stream: a worker starts with a copy of the
+    main process's transform, and without this its samples repeat the other workers' draws."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed + 7_919 * (worker + 1))
 
 
 class Task(Protocol):
@@ -265,6 +280,14 @@ class _Loop:
         transform = getattr(dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed)
+        on_device = getattr(dataset, "device_transform", None)
+        if hasattr(on_device, "set_random_state"):
+            on_device.set_random_state(seed + _DEVICE_STREAM)
+        workers = {
+            "num_workers": self.cfg.num_workers,
+            "worker_init_fn": partial(_reseed_worker, seed) if self.cfg.num_workers else None,
+            "pin_memory": self.device.type == "cuda",
+        }
         sampler = self.task.sampler(dataset, seed)
         if sampler is None and self.world > 1:
             sampler = DistributedSampler(
@@ -274,16 +297,31 @@ class _Loop:
         elif sampler is None:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
         if getattr(sampler, "yields_batches", False):  # the task composes its own batches
-            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers)
+            return DataLoader(dataset, batch_sampler=sampler, **workers)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
             sampler=sampler,
-            num_workers=self.cfg.num_workers,
             drop_last=self.cfg.drop_last and len(dataset) >= self.cfg.batch_size * self.world,
             generator=torch.Generator().manual_seed(seed),
-            persistent_workers=False,
+            **workers,
         )
+
+    def batches(self, dataset: Dataset, loader: DataLoader) -> Iterator[tuple[dict, float]]:
+        """The loader's batches, each with the seconds spent waiting for it, transformed on the
+        device where the dataset says so (``device_transform``)."""
+        on_device = getattr(dataset, "device_transform", None)
+        batches = iter(loader)
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            waited = time.perf_counter() - began
+            if batch is None:
+                return
+            yield (
+                (batch if on_device is None else augment_batch(on_device, batch, self.device)),
+                waited,
+            )
 
     def _all_ranks(self, good: bool) -> bool:
         """Whether the step is good on every rank (a loss can be non-finite on one rank only)."""
@@ -358,17 +396,20 @@ class _Loop:
         epoch: int,
         label: str = "epoch",
         schedule: bool = True,
-    ) -> tuple[float, int]:
-        """One pass over the data; returns the mean loss of the good steps (averaged over ranks)
-        and the number of skipped, non-finite steps. ``schedule``: set the learning rate of
-        ``train.lr_schedule`` (SWA keeps its own)."""
+    ) -> tuple[float, int, float]:
+        """One pass over the data; returns the mean loss of the good steps (averaged over ranks),
+        the number of skipped, non-finite steps and the fraction of the epoch spent waiting for
+        data. ``schedule``: set the learning rate of ``train.lr_schedule`` (SWA keeps its own)."""
         model.train()
         total = torch.zeros(2, dtype=torch.float64)
         skipped = 0
         loader = self.loader(dataset, epoch)
-        bar = tqdm(loader, desc=f"{self.task.name} {label}", leave=False,
+        bar = tqdm(total=len(loader), desc=f"{self.task.name} {label}", leave=False,
                    disable=self.rank != 0, unit="batch")  # fmt: skip
-        for step, batch in enumerate(bar, 1):
+        began, waited = time.perf_counter(), 0.0
+        for step, (batch, wait) in enumerate(self.batches(dataset, loader), 1):
+            waited += wait
+            bar.update()
             if schedule:
                 for group in optimizer.param_groups:
                     group["lr"] = self._learning_rate(epoch, step, len(loader))
@@ -380,13 +421,15 @@ class _Loop:
             self.precision.streak = 0
             total += torch.tensor([loss, 1.0], dtype=torch.float64)
             bar.set_postfix(loss=f"{loss:.4f}")
+        bar.close()
+        data_wait = waited / max(time.perf_counter() - began, 1e-9)
         if skipped and self.rank == 0:
             log.warning("%s %s: %d non-finite step(s) skipped", self.task.name, label, skipped)
         if skipped and not total[1] and self.precision.used != "fp32":
             self._fall_back(epoch, skipped)  # not one good step: a short epoch's streak is enough
         if self.world > 1:
             dist.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] else float("nan"), skipped
+        return float(total[0] / total[1]) if total[1] else float("nan"), skipped, data_wait
 
 
 def _setup(task: Task, cfg: TrainConfig, precision: Precision, tracker: Tracker | None) -> _Loop:
@@ -468,7 +511,7 @@ def _choose_on_first_batch(loop: _Loop, model: nn.Module, dataset: Dataset, epoc
     """Set a new run's precision, checked on the first batch its first epoch trains on."""
 
     def first_batch() -> dict:  # the epoch's loader reseeds, so training sees the same batch
-        return next(iter(loop.loader(dataset, epoch)))
+        return next(loop.batches(dataset, loop.loader(dataset, epoch)))[0]
 
     loop.use(choose_precision(loop.task, loop.cfg, model, first_batch, loop.device, loop.world))
 
@@ -506,8 +549,13 @@ def _fit_epoch(
     """Train one epoch, validate when due (``best.pt`` on a new best), log it and save
     ``last.pt`` in ``state_dir``."""
     cfg = loop.cfg
-    loss, skipped = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
-    record: dict[str, float] = {"epoch": epoch, "train_loss": loss, "skipped_steps": skipped}
+    loss, skipped, wait = loop.train_epoch(wrapped, optimizer, dataset, epoch, f"epoch {epoch}")
+    record: dict[str, float] = {
+        "epoch": epoch,
+        "train_loss": loss,
+        "skipped_steps": skipped,
+        "data_wait": wait,
+    }
     if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
         metrics = _validate(loop, model, val_ids)
         record.update({f"val_{k}": v for k, v in metrics.items()})
@@ -633,14 +681,14 @@ def _swa_epoch(
     """Train one epoch at the SWA learning rate, add the weights to the average, log it and save
     ``swa_last.pt``."""
     label = f"swa epoch {epoch}"
-    loss, skipped = loop.train_epoch(
+    loss, skipped, wait = loop.train_epoch(
         wrapped, optimizer, dataset, _SWA_EPOCH_OFFSET + epoch, label, schedule=False
     )
     averaged.update_parameters(model)
     scheduler.step()
     if loop.rank == 0:
-        loop.tracker.log_metrics({"swa_train_loss": loss, "swa_skipped_steps": skipped},
-                                 step=epoch)  # fmt: skip
+        loop.tracker.log_metrics({"swa_train_loss": loss, "swa_skipped_steps": skipped,
+                                  "swa_data_wait": wait}, step=epoch)  # fmt: skip
         save_checkpoint(last, {
             "model": model.state_dict(), "averaged": averaged.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
