@@ -5,13 +5,15 @@ Synthesises ``--patients`` patients of the ``paper`` profile, prepares them, and
 prepare seconds per case, stored MB per prepared case (and per raw case), seconds per training
 sample on one core (median and 90th percentile, cold: the case's files dropped from the page cache
 first; warm: read again), peak memory of this process, and how many loader workers keep a GPU step
-of ``--gpu-step`` seconds fed (``ceil(batch x p90 warm / step)``). Task 1 and Task 3 samples are
+of ``--gpu-step`` seconds fed (``ceil(batch x p90 warm / step)``; Task 2: ``--rfs-step``, its
+step on the whole 1 mm volume, an upper bound for the smaller grids). Task 1 and Task 3 samples are
 the real dataset (a random patch of a prepared case), with the augmentation in the loader
 (``augment.where: workers``) or left to the device (``device``: the loader only reads the region);
-the augmentation's own cost on one CPU core is a row too. A Task 2 sample is the whole prepared
-case with two mask channels (what its dataset reads).
+the augmentation's own cost on one CPU core is a row too. A Task 2 sample is what its dataset
+reads (CT, PET and the two mask channels) on the input grids measured: the paper's whole volume
+at 1 mm, 2 mm blocks (``rfs.input_pool``), a box around the lesions (``rfs.input_box_mm``).
 
-    python benchmarks/paper_data.py [--patients 6] [--samples 12] [--gpu-step 0.273]
+    python benchmarks/paper_data.py [--patients 6] [--samples 12] [--gpu-step 0.273] [--rfs-step 0.381]
         [--work DIR] [--params params.yaml]
 
 About 3 GB of memory for synthesis and 0.2 GB of disk per patient in ``--work`` (a temporary
@@ -26,18 +28,20 @@ import os
 import resource
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import default_collate as collate
 
-from hecktor.config import Config, load_config, override
+from hecktor.config import Config, RfsConfig, load_config, override
 from hecktor.data.loading import PreparedDataset, augment_batch
-from hecktor.data.preprocess import load_prepared, prepare_release
+from hecktor.data.preprocess import StoredCase, prepare_release, prepared_grid
 from hecktor.data.synthetic import synthesize
 from hecktor.prediction import survival_input
 from hecktor.reports import markdown_table
+from hecktor.tasks.rfs import input_box
 from hecktor.tasks.seg import SegmentationTask
 
 
@@ -84,10 +88,37 @@ def seg_dataset(cfg: Config, prepared: Path, patients: list[str], where: str) ->
     return dataset  # type: ignore[return-value]
 
 
+def task2_grids(cfg: Config) -> list[tuple[str, RfsConfig]]:
+    """Task 2's input grid as the profile sets it, and the alternatives measured beside it."""
+    grids = {(1, None): "1 mm, whole volume (the paper)", (2, None): "2 mm, whole volume",
+             (1, (160.0, 160.0, 160.0)): "1 mm, 160 mm box around the lesions",
+             (2, (160.0, 160.0, 160.0)): "2 mm, 160 mm box around the lesions"}  # fmt: skip
+    rows = []
+    for (pool, box), name in grids.items():
+        mine = (pool, box) == (cfg.rfs.input_pool, cfg.rfs.input_box_mm)
+        rfs = override(cfg.rfs, input_pool=pool, input_box_mm=box)
+        rows.append((name + (" (the profile's)" if mine else ""), rfs))
+    return rows
+
+
+def task2_input(rfs: RfsConfig, prepared: Path, spacing, patient: str) -> np.ndarray:
+    """What Task 2's dataset reads of a patient (true mask: the benchmark derives no predictions)."""
+    case = StoredCase(prepared / patient)
+    _, mask = case.read((slice(None),) * 3)
+    box = input_box(rfs, mask, spacing)
+    return survival_input(case.read(box)[0], mask[box], rfs.input_pool)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=6)
     parser.add_argument("--samples", type=int, default=12, help="timed samples per task")
+    parser.add_argument(
+        "--rfs-step",
+        type=float,
+        default=0.381,
+        help="seconds per Task 2 training step on the GPU (README, GPU section)",
+    )
     parser.add_argument("--gpu-step", type=float, default=0.273,
                         help="seconds per Task 1 training step on the GPU (README, GPU section)")  # fmt: skip
     parser.add_argument("--work", help="folder for the release and prepared data (kept)")
@@ -112,6 +143,7 @@ def main() -> None:
         labelled = list(index.loc[index["has_label"], "PatientID"])
         stored = [folder_mb(prepared / pid) for pid in patients]
         raw = folder_mb(work / "release") / len(patients)
+        spacing, _ = prepared_grid(prepared)
         in_loader, on_device = (
             seg_dataset(cfg, prepared, labelled, where) for where in ("workers", "device")
         )
@@ -125,18 +157,20 @@ def main() -> None:
             augment_batch(on_device.device_transform, collate([regions[patient]]), cpu)
 
         rows = []
-        for task, batch, read in (
+        for task, batch, read, step in (
             ("Task 1/3 patch, augmented in the loader", cfg.seg.train.batch_size,
-             lambda p: in_loader[position[p]]),
-            ("Task 1/3 region, augmented on the device", cfg.seg.train.batch_size, region),
-            ("(augmentation of a region, one CPU core)", cfg.seg.train.batch_size, augment),
-            ("Task 2 volume", cfg.rfs.train.batch_size,
-             lambda p: survival_input(load_prepared(prepared, p).image,
-                                      np.asarray(load_prepared(prepared, p).label))),
+             lambda p: in_loader[position[p]], args.gpu_step),
+            ("Task 1/3 region, augmented on the device", cfg.seg.train.batch_size, region,
+             args.gpu_step),
+            ("(augmentation of a region, one CPU core)", cfg.seg.train.batch_size, augment,
+             args.gpu_step),
+            *((f"Task 2 input, {name}", cfg.rfs.train.batch_size,
+               partial(task2_input, rfs, prepared, spacing), args.rfs_step)
+              for name, rfs in task2_grids(cfg)),
         ):  # fmt: skip
             times = timed(read, labelled, prepared, args.samples)
             rows.append({"task": task, **times,
-                         "workers": math.ceil(batch * times["warm p90"] / args.gpu_step)})  # fmt: skip
+                         "workers": math.ceil(batch * times["warm p90"] / step)})  # fmt: skip
         rows[2]["workers"] = "-"  # on the GPU, not in the loader
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         seg = SegmentationTask(cfg.seg, prepared)
@@ -149,7 +183,8 @@ def main() -> None:
     print(markdown_table(rows, ["task", "cold median", "cold p90", "warm median", "warm p90",
                                 "workers"]))  # fmt: skip
     print(
-        f"workers: loader processes that keep a {args.gpu_step} s GPU step fed at the "
+        f"workers: loader processes that keep a {args.gpu_step} s GPU step (Task 2: "
+        f"{args.rfs_step} s) fed at the "
         "paper's batch sizes (per GPU)"
     )
 

@@ -1,8 +1,15 @@
 import numpy as np
 import torch
 
+from hecktor.metrics import GTVN, GTVP
 from hecktor.models.segmentation import build_segmenter, make_plan
-from hecktor.prediction import remove_small_lesions, segment, segment_probabilities
+from hecktor.prediction import (
+    lesion_box,
+    remove_small_lesions,
+    segment,
+    segment_probabilities,
+    survival_input,
+)
 
 
 def test_remove_small_lesions_per_class_and_volume():
@@ -26,3 +33,32 @@ def test_sliding_window_covers_a_volume_larger_than_the_patch():
     torch.testing.assert_close(probs.sum(0), torch.ones(24, 20, 18))
     labels = segment(model, image, (16, 16, 16))
     assert labels.dtype == np.uint8 and labels.shape == (24, 20, 18)
+
+
+def test_survival_input_on_a_coarser_grid_keeps_small_lesions_as_fractions():
+    image = np.arange(2 * 4 * 4 * 5, dtype=np.float32).reshape(2, 4, 4, 5)
+    mask = np.zeros((4, 4, 5), np.uint8)
+    mask[0, 0, 0] = GTVP  # one voxel of a 2^3 block
+    mask[2:4, 2:4, 2:4] = GTVN  # a whole block
+    whole = survival_input(image, mask)
+    assert whole.shape == (4, 4, 4, 5) and whole.dtype == np.float32
+    coarse = survival_input(image, mask, pool=2)
+    assert coarse.shape == (4, 2, 2, 2)  # the last, partial block of x is left out
+    assert coarse[2, 0, 0, 0] == 1 / 8 and coarse[3, 1, 1, 1] == 1.0 and coarse[3].sum() == 1.0
+    np.testing.assert_allclose(coarse[0, 0, 0, 0], image[0, :2, :2, :2].mean())
+
+
+def test_the_lesion_box_is_centred_on_the_lesions_and_stays_inside_the_volume():
+    mask = np.zeros((40, 30, 20), np.uint8)
+    mask[10:13, 14:17, 9:12] = GTVP  # centre (11, 15, 10)
+    box = lesion_box(mask, (10, 10, 10))
+    assert [(s.start, s.stop) for s in box] == [(6, 16), (10, 20), (5, 15)]
+    mask[:] = 0
+    mask[38, 1, 19] = GTVN  # at a corner: shifted inside
+    assert [(s.start, s.stop) for s in lesion_box(mask, (10, 10, 10))] == [
+        (30, 40),
+        (0, 10),
+        (10, 20),
+    ]
+    empty = lesion_box(np.zeros((40, 30, 20), np.uint8), (10, 50, 10))  # no lesion: the centre
+    assert [(s.start, s.stop) for s in empty] == [(15, 25), (0, 30), (5, 15)]

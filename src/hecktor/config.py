@@ -185,6 +185,13 @@ class RfsConfig(_Section):
         "gt",
         "pred",
     )  # train on true or predicted masks and HPV
+    # the input grid: averaged over pool^3 blocks of the prepared grid (2: 2 mm from 1 mm), and a
+    # box around the lesions (mm; null: the whole prepared volume, as the paper)
+    input_pool: int = Field(1, ge=1)
+    input_box_mm: tuple[float, float, float] | None = None
+    # inputs kept in memory once computed, up to this many GB (Task 2 has no augmentation: a
+    # patient's input is the same every epoch); 0: read from the stored case every time
+    cache_gb: float = Field(8.0, ge=0)
     widths: tuple[int, int, int, int] = (32, 64, 128, 256)
     mlp_width: int = Field(32, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)

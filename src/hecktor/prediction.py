@@ -9,6 +9,7 @@ blending with sigma 0.125 of the window.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -95,12 +96,30 @@ def hpv_logit(
         return float(model.logit(features, vector).float().item())
 
 
-def survival_input(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Task 2's (4, Z, Y, X) input: CT, PET, the GTVp mask and the GTVn mask."""
+def lesion_box(mask: np.ndarray, size: Sequence[int]) -> tuple[slice, slice, slice]:
+    """A box of ``size`` voxels around the lesions (centred on the GTVp and GTVn voxels' centre of
+    mass; on the volume's centre without any), shifted inside the volume and smaller where the
+    volume is: Task 2's region, for a new patient the predicted lesions'."""
     mask = np.asarray(mask)
-    return np.concatenate([np.asarray(image), (mask == GTVP)[None], (mask == GTVN)[None]]).astype(
-        np.float32
-    )
+    where = np.argwhere(mask > 0)
+    centre = where.mean(axis=0) if len(where) else (np.array(mask.shape) - 1) / 2
+    starts = [min(max(math.floor(c - r / 2 + 0.5), 0), max(s - r, 0))
+              for c, r, s in zip(centre, size, mask.shape, strict=True)]  # fmt: skip
+    return tuple(slice(a, min(a + r, s)) for a, r, s in zip(starts, size, mask.shape, strict=True))  # type: ignore[return-value]
+
+
+def survival_input(image: np.ndarray, mask: np.ndarray, pool: int = 1) -> np.ndarray:
+    """Task 2's (4, Z, Y, X) input: CT, PET, the GTVp mask and the GTVn mask, each averaged over
+    ``pool``^3 blocks (a coarser grid; a lesion smaller than a block stays as a fraction; the last
+    part-blocks of each axis are left out)."""
+    mask = np.asarray(mask)
+    channels = np.concatenate([np.asarray(image), (mask == GTVP)[None], (mask == GTVN)[None]])
+    channels = channels.astype(np.float32)
+    if pool == 1:
+        return channels
+    z, y, x = (s // pool for s in channels.shape[1:])
+    blocks = channels[:, : z * pool, : y * pool, : x * pool].reshape(4, z, pool, y, pool, x, pool)
+    return blocks.mean(axis=(2, 4, 6), dtype=np.float32)
 
 
 def rfs_risk(

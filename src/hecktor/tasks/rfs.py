@@ -16,11 +16,11 @@ from hecktor.bundle import Bundle
 from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from, restored
 from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
-from hecktor.data.preprocess import load_prepared
+from hecktor.data.preprocess import StoredCase, grid_of, load_prepared, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.losses import cox_loss
 from hecktor.models.survival import SurvivalNet
-from hecktor.prediction import rfs_risk, survival_input
+from hecktor.prediction import lesion_box, rfs_risk, survival_input
 from hecktor.tasks import task_folds
 from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
 
@@ -28,6 +28,23 @@ from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
 def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
     """Task 2's network for the clinical encoding a fold fitted."""
     return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
+
+
+def input_box(cfg: RfsConfig, mask: np.ndarray, spacing: Sequence[float]) -> tuple[slice, ...]:
+    """The part of the prepared volume Task 2 reads: a box of ``rfs.input_box_mm`` around the
+    lesions of ``mask``, or all of it."""
+    if cfg.input_box_mm is None:
+        return (slice(None),) * 3
+    size = [max(1, round(mm / s)) for mm, s in zip(cfg.input_box_mm, spacing, strict=True)]
+    return lesion_box(mask, size)
+
+
+def rfs_input(
+    cfg: RfsConfig, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """Task 2's input from a whole prepared image (2, Z, Y, X) and a mask on its grid."""
+    box = input_box(cfg, mask, spacing)
+    return survival_input(image[(slice(None), *box)], mask[box], cfg.input_pool)
 
 
 def rfs_inputs_dir(cfg: Config) -> Path:
@@ -83,6 +100,8 @@ class RFSTask:
         self.table = read_clinical(prepared)
         self.inputs = pd.read_csv(self.inputs_dir / "inputs.csv").set_index("PatientID")
         self.encoder = ClinicalEncoder(RFS_VARIABLES)
+        self.spacing, _ = prepared_grid(prepared)
+        self.cache: dict[tuple[str, str], np.ndarray] = {}  # (patient, inputs): input
 
     def frame(self, patients: Sequence[str], inputs: str) -> pd.DataFrame:
         """Clinical rows; with predicted inputs, HPV status is Task 3's call."""
@@ -101,10 +120,19 @@ class RFSTask:
         return np.load(self.inputs_dir / "masks" / f"{patient}.npy")
 
     def image(self, patient: str, inputs: str) -> np.ndarray:
-        """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask."""
-        return survival_input(
-            load_prepared(self.prepared, patient).image, self.mask(patient, inputs)
-        )
+        """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask, on ``rfs``'s input grid; only the box
+        around the lesions is read (``rfs.input_box_mm``), and kept in memory while
+        ``rfs.cache_gb`` allows (not to be modified)."""
+        key = (patient, inputs)
+        if key in self.cache:
+            return self.cache[key]
+        mask = self.mask(patient, inputs)
+        box = input_box(self.cfg, mask, self.spacing)
+        image, _ = StoredCase(self.prepared / patient).read(box)
+        found = survival_input(image, mask[box], self.cfg.input_pool)
+        if sum(a.nbytes for a in self.cache.values()) + found.nbytes <= self.cfg.cache_gb * 1e9:
+            self.cache[key] = found
+        return found
 
     def setup(self, train_patients: Sequence[str]) -> None:
         self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(train_patients, self.mode))
@@ -129,6 +157,9 @@ class RFSTask:
         return rfs_network(self.cfg, self.encoder)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
+        if self.cfg.cache_gb and self.cfg.train.num_workers:
+            for patient in patients:  # computed here, so that every worker starts with them
+                self.image(patient, self.mode)
         return SurvivalDataset(self, patients, self.mode)
 
     def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:
@@ -209,6 +240,7 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
     """Each fold's standardised risk from the images, the predicted masks and the clinical row
     with Task 3's HPV status (as in training on predicted inputs); their mean."""
     cfg: RfsConfig = bundle.settings("rfs")
+    spacing, _ = grid_of(bundle.manifest["prepared"])
     members = []
     for member in bundle.members:
         state = bundle.weights(member, device)
@@ -217,7 +249,7 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
         members.append((model, encoder, member["risk_mean"], member["risk_std"]))
 
     def predict(inputs: PatientInputs) -> Outcome:
-        image = survival_input(inputs.image, inputs.upstream["seg"].labels)
+        image = rfs_input(cfg, inputs.image, inputs.upstream["seg"].labels, spacing)
         status = float(inputs.upstream["hpv"].columns["HPV_status"])
         clinical = inputs.clinical.assign(**{"HPV Status": status})
         risks = [
