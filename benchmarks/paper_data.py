@@ -31,6 +31,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import blosc2
 import numpy as np
 import torch
 from torch.utils.data import default_collate as collate
@@ -104,7 +105,7 @@ def task2_grids(cfg: Config) -> list[tuple[str, RfsConfig]]:
 def task2_input(rfs: RfsConfig, prepared: Path, spacing, patient: str) -> np.ndarray:
     """What Task 2's dataset reads of a patient (true mask: the benchmark derives no predictions)."""
     case = StoredCase(prepared / patient)
-    _, mask = case.read((slice(None),) * 3)
+    mask = case.whole_label()
     box = input_box(rfs, mask, spacing)
     return survival_input(case.read(box)[0], mask[box], rfs.input_pool)
 
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    blosc2.set_nthreads(1)  # one core: as in a loader worker (hecktor.data.loading.init_worker)
     cpu = torch.device("cpu")
     cfg = load_config(args.params, "paper")
     with tempfile.TemporaryDirectory(prefix="paper-data-") as tmp:

@@ -109,17 +109,19 @@ def lesion_box(mask: np.ndarray, size: Sequence[int]) -> tuple[slice, slice, sli
 
 
 def survival_input(image: np.ndarray, mask: np.ndarray, pool: int = 1) -> np.ndarray:
-    """Task 2's (4, Z, Y, X) input: CT, PET, the GTVp mask and the GTVn mask, each averaged over
-    ``pool``^3 blocks (a coarser grid; a lesion smaller than a block stays as a fraction; the last
-    part-blocks of each axis are left out)."""
+    """Task 2's (4, Z, Y, X) float32 input: CT, PET, the GTVp mask and the GTVn mask, each
+    averaged over ``pool``^3 blocks (a coarser grid; a lesion smaller than a block stays as a
+    fraction; the last part-blocks of each axis are left out), the averages rounded to float16
+    as the prepared images are (so that an input kept in float16 is the input computed)."""
     mask = np.asarray(mask)
-    channels = np.concatenate([np.asarray(image), (mask == GTVP)[None], (mask == GTVN)[None]])
-    channels = channels.astype(np.float32)
+    out = np.empty((4, *mask.shape), np.float32)
+    out[:2] = image
+    out[2] = mask == GTVP
+    out[3] = mask == GTVN
     if pool == 1:
-        return channels
-    z, y, x = (s // pool for s in channels.shape[1:])
-    blocks = channels[:, : z * pool, : y * pool, : x * pool].reshape(4, z, pool, y, pool, x, pool)
-    return blocks.mean(axis=(2, 4, 6), dtype=np.float32)
+        return out
+    pooled = nn.functional.avg_pool3d(torch.from_numpy(out)[None], pool)[0].numpy()
+    return pooled.astype(np.float16).astype(np.float32)
 
 
 def rfs_risk(

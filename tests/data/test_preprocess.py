@@ -157,11 +157,11 @@ def test_a_stored_case_reads_back_a_region_as_prepared(tmp_path):
     region, labels = stored.read(box)
     np.testing.assert_array_equal(region, image[(slice(None), *box)])
     np.testing.assert_array_equal(labels, label[box])
+    np.testing.assert_array_equal(stored.whole_label(), label)
     found = stored.foreground()
-    assert found.shape == (70, 40, 30) and sorted(found.indices) == [1, 2]
-    assert len(found.indices[1]) == 4 * 4 * 3
+    assert found.shape == (70, 40, 30) and len(found.of(1)) == 4 * 4 * 3
     np.testing.assert_array_equal(found.labelled(), np.flatnonzero(label))
-    assert np.unravel_index(found.indices[2], label.shape) == (60, 30, 20)
+    assert np.unravel_index(found.of(2), label.shape) == (60, 30, 20)
     whole = load_prepared(tmp_path, "P")
     assert whole.image.dtype == np.float32 and whole.label.dtype == np.uint8
     with pytest.raises(ValueError, match="no prepared image; prepare the release again"):
@@ -174,5 +174,5 @@ def test_foreground_holds_every_voxel_of_each_class_and_none_without_labels():
     label[4, 5, 6] = 2
     found = foreground_of(label)
     for value in (1, 2):
-        np.testing.assert_array_equal(found.indices[value], np.flatnonzero(label == value))
+        np.testing.assert_array_equal(found.of(value), np.flatnonzero(label == value))
     assert foreground_of(np.zeros((3, 3, 3), np.uint8)).labelled().size == 0

@@ -36,15 +36,27 @@ def test_inputs_are_kept_in_memory_up_to_the_budget(project_cfg, tmp_path):
     prepared = project_cfg.paths.prepared
     patients = sorted(p.name for p in prepared.iterdir() if p.is_dir())[:3]
     pd.DataFrame({"PatientID": patients, "hpv_pred": 1.0}).to_csv(tmp_path / "inputs.csv")
-    one = RFSTask(project_cfg.rfs, prepared, tmp_path, mode="gt").image(patients[0], "gt").nbytes
-    cfg = override(project_cfg.rfs, cache_gb=1.5 * one / 1e9)  # room for one input
+    pooled = override(project_cfg.rfs, input_pool=2)  # block averages, kept exactly in float16
+    one = RFSTask(pooled, prepared, tmp_path, mode="gt").image(patients[0], "gt").nbytes
+    cfg = override(pooled, cache_gb=0.75 * one / 1e9)  # room for one, kept in float16
     task = RFSTask(cfg, prepared, tmp_path, mode="gt")
     first = [task.image(p, "gt") for p in patients]
     again = [task.image(p, "gt") for p in patients]
-    assert again[0] is first[0] and list(task.cache) == [(patients[0], "gt")]
-    assert again[1] is not first[1]
+    assert list(task.cache) == [(patients[0], "gt")]
     for a, b in zip(first, again, strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)  # kept or read again, the same input
     uncached = RFSTask(override(cfg, cache_gb=0), prepared, tmp_path, mode="gt")
     uncached.image(patients[0], "gt")
     assert not uncached.cache
+
+
+def test_with_loader_workers_the_inputs_are_read_before_they_start(project_cfg, tmp_path):
+    """Workers start as copies of the main process: what it holds, they hold."""
+    prepared = project_cfg.paths.prepared
+    patients = sorted(p.name for p in prepared.iterdir() if p.is_dir())[:3]
+    pd.DataFrame({"PatientID": patients, "hpv_pred": 1.0}).to_csv(tmp_path / "inputs.csv")
+    train = project_cfg.rfs.train.model_copy(update={"num_workers": 2})
+    task = RFSTask(override(project_cfg.rfs, train=train), prepared, tmp_path, mode="gt")
+    task.train_dataset(patients)
+    assert sorted(task.cache) == [(p, "gt") for p in patients]

@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import blosc2
 import numpy as np
 import torch
 from monai.data import set_track_meta
@@ -34,7 +35,7 @@ from monai.transforms import (
     SpatialPadd,
     Transform,
 )
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from hecktor.config import AugmentConfig, HpvConfig, SegConfig
 from hecktor.data.preprocess import Foreground, StoredCase, foreground_of
@@ -62,11 +63,13 @@ class ArrayCase:
         return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
 
     def foreground(self) -> Foreground:
-        return foreground_of(self.label) if self.label is not None else Foreground(self.shape, {})
+        return foreground_of(self.label) if self.label is not None else Foreground.empty(self.shape)
 
-    def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(
+        self, box: tuple[slice, slice, slice], dtype: type = np.float32
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         label = None if self.label is None else np.asarray(self.label)[box]
-        return self.image[(slice(None), *box)], label
+        return self.image[(slice(None), *box)].astype(dtype, copy=False), label
 
 
 def region_start(
@@ -108,9 +111,12 @@ class ReadRegion(Randomizable, Transform):
     :func:`region_start` draws: ``image`` (2, ...) and ``label`` (1, ...), zeros where the case has
     no label; smaller where the volume is (``SpatialPadd`` pads it as MONAI's crop would)."""
 
-    def __init__(self, size: Sequence[int], foreground_prob: float) -> None:
+    def __init__(
+        self, size: Sequence[int], foreground_prob: float, dtype: type = np.float32
+    ) -> None:
         self.size = [int(s) for s in size]
         self.foreground_prob = foreground_prob
+        self.dtype = dtype
 
     def randomize(self, data=None) -> None:
         return None
@@ -118,11 +124,11 @@ class ReadRegion(Randomizable, Transform):
     def __call__(self, item: dict) -> dict:
         case = item.pop("case")
         start = region_start(case.foreground(), self.size, self.foreground_prob, self.R)
-        return {**item, **_read(case, read_box(start, self.size, case.shape))}
+        return {**item, **_read(case, read_box(start, self.size, case.shape), self.dtype)}
 
 
-def _read(case, box: tuple[slice, ...]) -> dict:
-    image, label = case.read(box)
+def _read(case, box: tuple[slice, ...], dtype: type = np.float32) -> dict:
+    image, label = case.read(box, dtype)
     if label is None:
         label = np.zeros(image.shape[1:], np.uint8)
     return {"image": image, "label": np.asarray(label, np.uint8)[None]}
@@ -135,7 +141,8 @@ class PreparedDataset(Dataset):
     With ``allow_unlabelled``, a case without a label (a Task 2 or 3 patient outside Task 1) gets an
     empty one and ``has_label`` False, so a task can leave it out of its segmentation loss.
     ``device_transform``: what the training loop applies to each sample on its device (see
-    :func:`augment_batch`), after the loader's ``transform``.
+    :func:`augment_batch`), after the loader's ``transform``; items then stay as read (float16
+    image, uint8 label) until they are there.
     """
 
     def __init__(
@@ -165,8 +172,11 @@ class PreparedDataset(Dataset):
             item = self.transform(item)
         else:
             item = {**item, **_read(item.pop("case"), WHOLE)}
-        item["image"] = torch.as_tensor(item["image"], dtype=torch.float32)
-        item["label"] = torch.as_tensor(item["label"]).long()
+        if self.device_transform is None:
+            item["image"] = torch.as_tensor(item["image"], dtype=torch.float32)
+            item["label"] = torch.as_tensor(item["label"]).long()
+        else:  # as read (float16, uint8): half the bytes to the device, converted there
+            item["image"], item["label"] = (torch.as_tensor(item[k]) for k in ("image", "label"))
         return item
 
 
@@ -184,7 +194,8 @@ def segmentation_transform(
     patch = [int(p) for p in patch_size]
     region = [max(p, min(round(p * 1.25), v)) for p, v in zip(patch, volume_shape, strict=True)]
     keys = ["image", "label"]
-    read = [ReadRegion(region, foreground_prob), SpatialPadd(keys, region, mode="constant")]
+    dtype = np.float16 if on_device else np.float32  # converted on the device: half the bytes
+    read = [ReadRegion(region, foreground_prob, dtype), SpatialPadd(keys, region, mode="constant")]
     rotate = np.deg2rad(cfg.rotate_deg)
     scale = (cfg.scale[0] - 1.0, cfg.scale[1] - 1.0)
     augment = [
@@ -225,8 +236,8 @@ def augments_on_device(where: str, device: torch.device) -> bool:
 
 def augment_batch(transform: Callable[[dict], dict], batch: dict, device: torch.device) -> dict:
     """``batch`` with its images and labels on ``device``, each sample transformed there."""
-    image = batch["image"].to(device, non_blocking=True)
-    label = batch["label"].to(device, non_blocking=True)
+    image = batch["image"].to(device, non_blocking=True).float()
+    label = batch["label"].to(device, non_blocking=True).long()
     samples = [transform({"image": i, "label": m}) for i, m in zip(image, label, strict=True)]
     return {**batch,
             "image": torch.stack([torch.as_tensor(s["image"]) for s in samples]).float(),
@@ -250,6 +261,17 @@ def augmented_dataset(
     )
     return PreparedDataset(root, patients, Unwrap(read), allow_unlabelled,
                            Unwrap(augment) if augment is not None else None)  # fmt: skip
+
+
+def init_worker(seed: int, worker: int) -> None:
+    """Start a loader worker: an augmentation stream of its own (a worker starts with a copy of
+    the main process's transform, and its samples would repeat the other workers' draws) and one
+    decompression thread (the workers are the parallelism)."""
+    blosc2.set_nthreads(1)
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed + 7_919 * (worker + 1))
 
 
 class Unwrap:

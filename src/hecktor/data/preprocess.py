@@ -213,35 +213,42 @@ _CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.S
 
 @dataclass(frozen=True)
 class Foreground:
-    """Where each class's voxels are in a volume of ``shape``: their flat (C-order) indices,
-    sorted. Found once when a case is prepared (as nnU-Net does), so that a foreground-centred
-    crop needs no search of the volume."""
+    """Where the labelled voxels are in a volume of ``shape``: their flat (C-order) indices,
+    sorted, and each one's class. Found once when a case is prepared (as nnU-Net does), so that a
+    foreground-centred crop needs no search of the volume."""
 
     shape: tuple[int, int, int]
-    indices: dict[int, np.ndarray]
+    indices: np.ndarray
+    classes: np.ndarray
 
     def labelled(self) -> np.ndarray:
         """The flat index of every labelled voxel (any class), sorted."""
-        if not self.indices:
-            return np.zeros(0, np.int64)
-        return np.sort(np.concatenate([v.astype(np.int64) for v in self.indices.values()]))
+        return self.indices
+
+    def of(self, value: int) -> np.ndarray:
+        """The flat indices of one class's voxels, sorted."""
+        return self.indices[self.classes == value]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f"class{c}": v for c, v in self.indices.items()} | {"shape": np.array(self.shape)}
+        return {"shape": np.array(self.shape), "indices": self.indices, "classes": self.classes}
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int]) -> Foreground:
+        return cls(shape, np.zeros(0, np.uint32), np.zeros(0, np.uint8))
 
     @classmethod
     def from_arrays(cls, arrays) -> Foreground:
-        classes = [k for k in arrays.files if k.startswith("class")]
         shape = tuple(int(s) for s in arrays["shape"])
-        return cls(shape, {int(k[5:]): arrays[k] for k in classes})  # type: ignore[arg-type]
+        return cls(shape, arrays["indices"], arrays["classes"])  # type: ignore[arg-type]
 
 
 def foreground_of(label: np.ndarray) -> Foreground:
     """The :class:`Foreground` of a label map (its classes: every non-zero value)."""
     flat = np.asarray(label).ravel()
+    indices = np.flatnonzero(flat)
     kind = np.uint32 if flat.size < 2**32 else np.int64
-    indices = {int(v): np.flatnonzero(flat == v).astype(kind) for v in np.unique(flat[flat > 0])}
-    return Foreground(tuple(int(s) for s in np.shape(label)), indices)  # type: ignore[arg-type]
+    shape = tuple(int(s) for s in np.shape(label))
+    return Foreground(shape, indices.astype(kind), flat[indices].astype(np.uint8))  # type: ignore[arg-type]
 
 
 def _write_array(path: Path, array: np.ndarray, chunks: tuple[int, ...]) -> None:
@@ -282,13 +289,20 @@ class StoredCase:
     def foreground(self) -> Foreground:
         """Where each class's voxels are, as stored (no class without a label)."""
         if not self.has_label:
-            return Foreground(self.shape, {})
+            return Foreground.empty(self.shape)
         with np.load(self.folder / FOREGROUND) as found:
             return Foreground.from_arrays(found)
 
-    def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image (2, ...) float32 and label (...) uint8 (None without one) of a region."""
-        image = self._image[(slice(None), *box)].astype(np.float32)
+    def whole_label(self) -> np.ndarray | None:
+        """The label map (uint8; None without one), without reading the image."""
+        return self._label[...] if self._label is not None else None
+
+    def read(
+        self, box: tuple[slice, slice, slice], dtype: type = np.float32
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image (2, ...) (float32, or float16 as stored) and label (...) uint8 (None without
+        one) of a region."""
+        image = self._image[(slice(None), *box)].astype(dtype, copy=False)
         label = self._label[box] if self._label is not None else None
         return image, label
 

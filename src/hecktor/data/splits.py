@@ -90,7 +90,7 @@ def task_labels(prepared: Path | str) -> dict[int, pd.DataFrame]:
     out = {}
     t1 = cases[cases["task1"] & cases["has_label"]].copy()
     t1["label"] = [
-        int((preprocess.load_prepared(prepared, p).label == 2).any()) for p in t1["PatientID"]
+        int((preprocess.StoredCase(prepared / p).whole_label() == 2).any()) for p in t1["PatientID"]
     ]
     out[1] = t1
     for task, column in ((2, "Relapse"), (3, "HPV Status")):

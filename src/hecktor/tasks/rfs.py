@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from hecktor.bundle import Bundle
 from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from, restored
 from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
-from hecktor.data.preprocess import StoredCase, grid_of, load_prepared, prepared_grid
+from hecktor.data.preprocess import StoredCase, grid_of, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.losses import cox_loss
 from hecktor.models.survival import SurvivalNet
@@ -114,24 +115,25 @@ class RFSTask:
 
     def mask(self, patient: str, inputs: str) -> np.ndarray:
         if inputs == "gt":
-            label = load_prepared(self.prepared, patient).label
+            label = StoredCase(self.prepared / patient).whole_label()
             if label is not None:
-                return np.asarray(label)
+                return label
         return np.load(self.inputs_dir / "masks" / f"{patient}.npy")
 
     def image(self, patient: str, inputs: str) -> np.ndarray:
         """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask, on ``rfs``'s input grid; only the box
-        around the lesions is read (``rfs.input_box_mm``), and kept in memory while
-        ``rfs.cache_gb`` allows (not to be modified)."""
+        around the lesions is read (``rfs.input_box_mm``), and kept in memory (float16) while
+        ``rfs.cache_gb`` allows."""
         key = (patient, inputs)
         if key in self.cache:
-            return self.cache[key]
+            return self.cache[key].astype(np.float32)
         mask = self.mask(patient, inputs)
         box = input_box(self.cfg, mask, self.spacing)
-        image, _ = StoredCase(self.prepared / patient).read(box)
+        image, _ = StoredCase(self.prepared / patient).read(box, np.float16)
         found = survival_input(image, mask[box], self.cfg.input_pool)
-        if sum(a.nbytes for a in self.cache.values()) + found.nbytes <= self.cfg.cache_gb * 1e9:
-            self.cache[key] = found
+        kept = sum(a.nbytes for a in self.cache.values()) + found.nbytes // 2
+        if kept <= self.cfg.cache_gb * 1e9:
+            self.cache[key] = found.astype(np.float16)  # its values are float16's (exact)
         return found
 
     def setup(self, train_patients: Sequence[str]) -> None:
@@ -157,9 +159,10 @@ class RFSTask:
         return rfs_network(self.cfg, self.encoder)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
-        if self.cfg.cache_gb and self.cfg.train.num_workers:
-            for patient in patients:  # computed here, so that every worker starts with them
-                self.image(patient, self.mode)
+        workers = self.cfg.train.num_workers
+        if self.cfg.cache_gb and workers:  # computed here, so that every worker starts with them
+            with ThreadPoolExecutor(workers) as pool:  # decompression releases the GIL
+                list(pool.map(lambda p: self.image(p, self.mode), patients))
         return SurvivalDataset(self, patients, self.mode)
 
     def sampler(self, dataset: Dataset, seed: int) -> Sampler | None:

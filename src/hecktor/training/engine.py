@@ -38,13 +38,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hecktor.checkpoints import clear_fold, load_checkpoint, save_checkpoint
 from hecktor.config import TrainConfig
-from hecktor.data.loading import augment_batch, seed_everything
+from hecktor.data.loading import augment_batch, init_worker, seed_everything
 from hecktor.devices import Autocast, autocast_for, precision_for, resolve_device
 from hecktor.tracking import Tracker
 
@@ -53,15 +53,6 @@ log = logging.getLogger(__name__)
 
 # the device's augmentation draws its own random stream, not the loader's
 _DEVICE_STREAM = 104_729
-
-
-def _reseed_worker(seed: int, worker: int) -> None:
-    """Give each loader worker its own augmentation stream: a worker starts with a copy of the
-    main process's transform, and without this its samples repeat the other workers' draws."""
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed + 7_919 * (worker + 1))
 
 
 class Task(Protocol):
@@ -285,7 +276,7 @@ class _Loop:
             on_device.set_random_state(seed + _DEVICE_STREAM)
         workers = {
             "num_workers": self.cfg.num_workers,
-            "worker_init_fn": partial(_reseed_worker, seed) if self.cfg.num_workers else None,
+            "worker_init_fn": partial(init_worker, seed) if self.cfg.num_workers else None,
             "pin_memory": self.device.type == "cuda",
         }
         sampler = self.task.sampler(dataset, seed)
