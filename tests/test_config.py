@@ -35,6 +35,8 @@ def test_paper_profile_follows_the_paper():
     assert cfg.prepare.spacing_mm == (1.0, 1.0, 1.0)
     assert cfg.prepare.crop_mm == (288.0, 288.0, 288.0)
     assert cfg.split.folds == 5
+    assert cfg.split.test_fraction == 0  # 5 folds over all Task 2 and 3 patients, as the paper
+    assert load_config(ROOT / "params.yaml", "demo").split.test_fraction > 0  # its honest figure
 
 
 def test_unknown_key_fails_with_its_name():

@@ -6,6 +6,7 @@ from monai.transforms import OneOf, RandCropByPosNegLabeld, SpatialPadd
 from hecktor.config import AugmentConfig
 from hecktor.data.loading import (
     ArrayCase,
+    BalancedBatchSampler,
     PreparedDataset,
     ReadRegion,
     Unwrap,
@@ -156,6 +157,19 @@ def test_balanced_sampler_every_batch_has_the_stated_mix():
     assert len(negatives) == 16 and set(negatives) == {27, 28, 29}  # oversampled
     assert list(BalancedBatchSampler(labels, 4, 2, seed=0)) == batches  # seeded
     assert list(BalancedBatchSampler(labels, 4, 2, seed=1)) != batches
+
+
+def test_balanced_sampler_shards_disjoint_balanced_batches_across_processes():
+    labels = [1] * 27 + [0] * 3
+    whole = BalancedBatchSampler(labels, batch_size=4, positives=2, seed=3)
+    shards = [list(whole.shard(rank, 2)) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(whole.shard(0, 2)) == 4  # ceil(8 / 2)
+    for batches in shards:
+        assert all(len(b) == 4 and sum(labels[i] for i in b) == 2 for b in batches)
+    assert not {tuple(b) for b in shards[0]} & {tuple(b) for b in shards[1]}
+    positives = [i for s in shards for b in s for i in b if labels[i] == 1]
+    assert len(positives) == len(set(positives)) == 16  # one epoch shared out, none twice
+    assert list(whole) == [b for pair in zip(*shards, strict=True) for b in pair]  # world 1: all
 
 
 @pytest.mark.parametrize(("labels", "positives"), [([1, 1, 1], 2), ([1, 0, 1], 4), ([1, 0], 0)])

@@ -1,6 +1,7 @@
 """The engine: checkpoints, resume after a real kill, selection, SWA, DDP, precision."""
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import torch
 
 from hecktor import checkpoints, devices
 from hecktor.data.folds import folds_of
+from hecktor.data.loading import BalancedBatchSampler
 from hecktor.tasks.seg import SegmentationTask
 from hecktor.training import engine
 from tests.conftest import PoisonedSegmentation
@@ -238,6 +240,7 @@ _SCRIPT = textwrap.dedent(
     from hecktor.tasks.seg import SegmentationTask
     from hecktor.data.folds import load_splits
     from hecktor.data.folds import folds_of
+from hecktor.data.loading import BalancedBatchSampler
     params, prepared, splits, out, epochs = sys.argv[1:6]
     cfg = load_config(params, "tiny")
     task = SegmentationTask(cfg.seg, prepared)
@@ -318,6 +321,47 @@ def test_two_process_ddp_trains_the_same_model_on_both_ranks(project_cfg, tmp_pa
     assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
     start = torch.load(out / "rank0.pt", weights_only=True)
     assert any(v.float().abs().sum() > 0 for v in start.values())
+
+
+class _BalancedTask:
+    """Only what the loader asks of a task: its name and its (balanced) batch sampler."""
+
+    name = "balanced"
+    labels = [1] * 10 + [0] * 6
+
+    def sampler(self, dataset, seed):
+        return BalancedBatchSampler(self.labels, batch_size=4, positives=2, seed=seed)
+
+
+def _sampler_worker(rank, world, port, cfg, out):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank)
+    )
+    _, world = engine.distributed()
+    task = _BalancedTask()
+    loop = engine._Loop(task, cfg, torch.device("cpu"), engine.Precision("fp32", "t"), rank, world)
+    batches = [b.tolist() for b in loop.loader(list(range(len(task.labels))), epoch=1)]
+    (out / f"rank{rank}.json").write_text(json.dumps(batches))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_shares_out_the_balanced_batches(project_cfg, tmp_path):
+    """Under DDP each process trains on its own share of the epoch, still 2 + 2 per batch."""
+    cfg = project_cfg.hpv.train.model_copy(update={"num_workers": 0})
+    torch.multiprocessing.spawn(
+        _sampler_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True
+    )
+    shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    labels = _BalancedTask.labels
+    assert len(shares[0]) == len(shares[1]) == 2  # 16 patients / 4 per batch / 2 processes
+    for share in shares:
+        assert all(sum(labels[i] for i in batch) == 2 and len(batch) == 4 for batch in share)
+    seen = [tuple(b) for share in shares for b in share]
+    assert len(set(seen)) == len(seen)  # no batch on both processes
+    positives = [i for b in seen for i in b if labels[i] == 1]
+    assert len(positives) == len(set(positives)) == 8  # one epoch shared out: none twice
+    assert {i for b in seen for i in b if labels[i] == 0} == set(range(10, 16))  # oversampled
 
 
 def test_the_cosine_schedule_is_a_function_of_the_position_only(project_cfg):

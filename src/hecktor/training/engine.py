@@ -266,7 +266,8 @@ class _Loop:
         self.scaler = torch.amp.GradScaler("cuda") if fp16_amp else None
 
     def loader(self, dataset: Dataset, epoch: int) -> DataLoader:
-        seed = self.cfg.seed * 100_003 + epoch * 1_009 + self.rank
+        shared = self.cfg.seed * 100_003 + epoch * 1_009  # the epoch's, alike on every rank
+        seed = shared + self.rank
         seed_everything(seed)
         transform = getattr(dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
@@ -279,7 +280,7 @@ class _Loop:
             "worker_init_fn": partial(init_worker, seed) if self.cfg.num_workers else None,
             "pin_memory": self.device.type == "cuda",
         }
-        sampler = self.task.sampler(dataset, seed)
+        sampler = self.task.sampler(dataset, shared)  # one epoch for all ranks to share
         if sampler is None and self.world > 1:
             sampler = DistributedSampler(
                 dataset, self.world, self.rank, shuffle=True, seed=self.cfg.seed
@@ -288,6 +289,12 @@ class _Loop:
         elif sampler is None:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
         if getattr(sampler, "yields_batches", False):  # the task composes its own batches
+            if self.world > 1:  # each process its own share of the epoch
+                if not hasattr(sampler, "shard"):
+                    raise ValueError(f"{self.task.name}: its batch sampler cannot be sharded "
+                                     "across processes; every process would train on the same "
+                                     "batches")  # fmt: skip
+                sampler = sampler.shard(self.rank, self.world)
             return DataLoader(dataset, batch_sampler=sampler, **workers)
         return DataLoader(
             dataset,
@@ -448,6 +455,9 @@ def _announce(loop: _Loop, out: Path) -> None:
             "%s: %s in %s (%s)", loop.task.name, out, loop.precision.used, loop.precision.reason
         )
         loop.tracker.set_tags(loop.precision.tags())
+        # batch sizes are per process, as the paper's per-GPU ones: what one update averages over
+        loop.tracker.set_tags({"effective_batch_size": str(loop.cfg.batch_size * loop.world),
+                               "processes": str(loop.world)})  # fmt: skip
 
 
 @dataclass
