@@ -240,7 +240,6 @@ _SCRIPT = textwrap.dedent(
     from hecktor.tasks.seg import SegmentationTask
     from hecktor.data.folds import load_splits
     from hecktor.data.folds import folds_of
-from hecktor.data.loading import BalancedBatchSampler
     params, prepared, splits, out, epochs = sys.argv[1:6]
     cfg = load_config(params, "tiny")
     task = SegmentationTask(cfg.seg, prepared)
