@@ -40,9 +40,8 @@ from hecktor.config import Config, RfsConfig, load_config, override
 from hecktor.data.loading import PreparedDataset, augment_batch
 from hecktor.data.preprocess import StoredCase, prepare_release, prepared_grid
 from hecktor.data.synthetic import synthesize
-from hecktor.prediction import survival_input
 from hecktor.reports import markdown_table
-from hecktor.tasks.rfs import input_box
+from hecktor.tasks.rfs import rfs_input
 from hecktor.tasks.seg import SegmentationTask
 
 
@@ -105,9 +104,7 @@ def task2_grids(cfg: Config) -> list[tuple[str, RfsConfig]]:
 def task2_input(rfs: RfsConfig, prepared: Path, spacing, patient: str) -> np.ndarray:
     """What Task 2's dataset reads of a patient (true mask: the benchmark derives no predictions)."""
     case = StoredCase(prepared / patient)
-    mask = case.whole_label()
-    box = input_box(rfs, mask, spacing)
-    return survival_input(case.read(box)[0], mask[box], rfs.input_pool)
+    return rfs_input(rfs, case.whole_label(), spacing, lambda box: case.read(box, np.float16)[0])
 
 
 def main() -> None:

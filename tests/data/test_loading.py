@@ -5,7 +5,6 @@ from monai.transforms import OneOf, RandCropByPosNegLabeld, SpatialPadd
 
 from hecktor.config import AugmentConfig
 from hecktor.data.loading import (
-    ArrayCase,
     BalancedBatchSampler,
     PreparedDataset,
     ReadRegion,
@@ -13,6 +12,26 @@ from hecktor.data.loading import (
     augment_batch,
     segmentation_transform,
 )
+from hecktor.data.preprocess import Foreground, foreground_of
+
+
+class ArrayCase:
+    """A case held in memory, read like a stored one (:class:`~hecktor.data.preprocess.StoredCase`)."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray | None) -> None:
+        self.image, self.label = np.asarray(image, np.float32), label
+        self.has_label = label is not None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape[1:])
+
+    def foreground(self) -> Foreground:
+        return foreground_of(self.label) if self.label is not None else Foreground.empty(self.shape)
+
+    def read(self, box, dtype=np.float32):
+        label = None if self.label is None else np.asarray(self.label)[box]
+        return self.image[(slice(None), *box)].astype(dtype, copy=False), label
 
 
 def _loader_side(*args, **kwargs):

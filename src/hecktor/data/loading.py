@@ -13,6 +13,7 @@ the training device on the batch (``augment.where``), where a GPU does it in mil
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from hecktor.config import AugmentConfig, HpvConfig, SegConfig
-from hecktor.data.preprocess import Foreground, StoredCase, foreground_of
+from hecktor.data.preprocess import WHOLE, Foreground, StoredCase
 from hecktor.devices import resolve_device
 
 set_track_meta(False)  # plain tensors: MetaTensor bookkeeping slows the loop and is not needed
@@ -49,27 +50,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class ArrayCase:
-    """A case held in memory, read like a stored one (:class:`~hecktor.data.preprocess.StoredCase`)."""
-
-    def __init__(self, image: np.ndarray, label: np.ndarray | None) -> None:
-        self.image, self.label = np.asarray(image, np.float32), label
-        self.has_label = label is not None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
-
-    def foreground(self) -> Foreground:
-        return foreground_of(self.label) if self.label is not None else Foreground.empty(self.shape)
-
-    def read(
-        self, box: tuple[slice, slice, slice], dtype: type = np.float32
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        label = None if self.label is None else np.asarray(self.label)[box]
-        return self.image[(slice(None), *box)].astype(dtype, copy=False), label
 
 
 def region_start(
@@ -103,11 +83,9 @@ def read_box(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) ->
     )
 
 
-WHOLE = (slice(None), slice(None), slice(None))
-
-
 class ReadRegion(Randomizable, Transform):
-    """From ``item["case"]`` (a stored or in-memory case), read the region of ``size`` that
+    """From ``item["case"]`` (a :class:`~hecktor.data.preprocess.StoredCase`, or anything read like
+    one), read the region of ``size`` that
     :func:`region_start` draws: ``image`` (2, ...) and ``label`` (1, ...), zeros where the case has
     no label; smaller where the volume is (``SpatialPadd`` pads it as MONAI's crop would)."""
 
@@ -308,25 +286,24 @@ class BalancedBatchSampler(Sampler[list[int]]):
     ) -> None:  # fmt: skip
         if not 0 < positives < batch_size:
             raise ValueError(f"positives per batch must be in 1..{batch_size - 1}, got {positives}")
-        self.labels = [int(y) for y in labels]
-        self.pos = [i for i, y in enumerate(self.labels) if y == 1]
-        self.neg = [i for i, y in enumerate(self.labels) if y == 0]
+        self.pos = [i for i, y in enumerate(labels) if int(y) == 1]
+        self.neg = [i for i, y in enumerate(labels) if int(y) == 0]
         if not self.pos or not self.neg:
             raise ValueError(
                 f"both classes are needed: {len(self.pos)} positive, {len(self.neg)} negative"
             )
-        self.batch_size, self.positives = batch_size, positives
         self.per_batch = {1: positives, 0: batch_size - positives}
         self.seed, self.rank, self.world = seed, rank, world
 
     def shard(self, rank: int, world: int) -> BalancedBatchSampler:
         """This sampler for process ``rank`` of ``world``."""
-        return BalancedBatchSampler(
-            self.labels, self.batch_size, self.positives, self.seed, rank, world
-        )
+        share = copy.copy(self)
+        share.rank, share.world = rank, world
+        return share
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.labels) / self.batch_size) / self.world)
+        batches = math.ceil((len(self.pos) + len(self.neg)) / sum(self.per_batch.values()))
+        return math.ceil(batches / self.world)
 
     def _stream(self, items: list[int], rng: np.random.Generator):
         while True:

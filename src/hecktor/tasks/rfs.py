@@ -17,7 +17,7 @@ from hecktor.bundle import Bundle
 from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from, restored
 from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
-from hecktor.data.preprocess import StoredCase, grid_of, prepared_grid
+from hecktor.data.preprocess import WHOLE, StoredCase, grid_of, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.losses import cox_loss
 from hecktor.models.survival import SurvivalNet
@@ -31,21 +31,20 @@ def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
     return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
 
 
-def input_box(cfg: RfsConfig, mask: np.ndarray, spacing: Sequence[float]) -> tuple[slice, ...]:
-    """The part of the prepared volume Task 2 reads: a box of ``rfs.input_box_mm`` around the
-    lesions of ``mask``, or all of it."""
-    if cfg.input_box_mm is None:
-        return (slice(None),) * 3
-    size = [max(1, round(mm / s)) for mm, s in zip(cfg.input_box_mm, spacing, strict=True)]
-    return lesion_box(mask, size)
-
-
 def rfs_input(
-    cfg: RfsConfig, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]
+    cfg: RfsConfig,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    read: Callable[[tuple[slice, ...]], np.ndarray],
 ) -> np.ndarray:
-    """Task 2's input from a whole prepared image (2, Z, Y, X) and a mask on its grid."""
-    box = input_box(cfg, mask, spacing)
-    return survival_input(image[(slice(None), *box)], mask[box], cfg.input_pool)
+    """Task 2's input on ``rfs``'s grid: ``read`` gives the prepared image (2, ...) of a box of the
+    volume (all of it, or ``rfs.input_box_mm`` around the lesions of ``mask``, a mask on its
+    grid), so that only that box need be read."""
+    box = WHOLE
+    if cfg.input_box_mm is not None:
+        size = [max(1, round(mm / s)) for mm, s in zip(cfg.input_box_mm, spacing, strict=True)]
+        box = lesion_box(mask, size)
+    return survival_input(read(box), mask[box], cfg.input_pool)
 
 
 def rfs_inputs_dir(cfg: Config) -> Path:
@@ -127,10 +126,9 @@ class RFSTask:
         key = (patient, inputs)
         if key in self.cache:
             return self.cache[key].astype(np.float32)
-        mask = self.mask(patient, inputs)
-        box = input_box(self.cfg, mask, self.spacing)
-        image, _ = StoredCase(self.prepared / patient).read(box, np.float16)
-        found = survival_input(image, mask[box], self.cfg.input_pool)
+        case = StoredCase(self.prepared / patient)
+        found = rfs_input(self.cfg, self.mask(patient, inputs), self.spacing,
+                          lambda box: case.read(box, np.float16)[0])  # fmt: skip
         kept = sum(a.nbytes for a in self.cache.values()) + found.nbytes // 2
         if kept <= self.cfg.cache_gb * 1e9:
             self.cache[key] = found.astype(np.float16)  # its values are float16's (exact)
@@ -252,7 +250,8 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
         members.append((model, encoder, member["risk_mean"], member["risk_std"]))
 
     def predict(inputs: PatientInputs) -> Outcome:
-        image = rfs_input(cfg, inputs.image, inputs.upstream["seg"].labels, spacing)
+        image = rfs_input(cfg, inputs.upstream["seg"].labels, spacing,
+                          lambda box: inputs.image[(slice(None), *box)])  # fmt: skip
         status = float(inputs.upstream["hpv"].columns["HPV_status"])
         clinical = inputs.clinical.assign(**{"HPV Status": status})
         risks = [
