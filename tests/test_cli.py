@@ -1,11 +1,15 @@
 import argparse
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from hecktor.cli import build_parser, main
+from hecktor.config import load_config, tuned_for
 from tests.conftest import ROOT
 
 
@@ -117,3 +121,33 @@ def test_common_options_count_before_and_after_the_verb():
     assert (before.params, before.profile) == ("a.yaml", "tiny")
     assert (after.params, after.verbose) == ("a.yaml", True)
     assert (neither.params, neither.profile, neither.verbose) == ("params.yaml", None, False)
+
+
+def test_config_shows_what_a_stage_trains_with_and_where_each_value_comes_from(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    demo = load_config("params.yaml", "demo")
+    Path("tuned").mkdir()
+    record = {"task": "seg", "study": "seg-demo-x", "trial": 1, "values": {"train.lr": 0.002},
+              "tuned_for": tuned_for(demo, "seg")}  # fmt: skip
+    Path("tuned/seg.yaml").write_text(yaml.safe_dump(record))
+
+    assert main(["config", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)
+    assert shown == load_config("params.yaml", "paper").model_dump(mode="json")
+    for task, batch in (("seg", 2), ("hpv", 4), ("rfs", 16)):
+        train = shown[task]["train"]
+        assert (train["lr"], train["weight_decay"], train["batch_size"]) == (1e-4, 0.0, batch)
+    assert "# tuned/seg.yaml: not applied (tuned for profile demo, not paper)" in out
+    assert "patients: 40  # profile paper" in out and "# tuned:" not in out
+
+    assert main(["config"]) == 0  # the demo: the tuned value, marked
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["seg"]["train"]["lr"] == 0.002
+    assert "lr: 0.002  # tuned: tuned/seg.yaml, trial 1 of seg-demo-x" in out
+    # a command that trains with it refuses it under another profile, naming file and difference
+    assert main(["train", "seg", "--profile", "paper", "--no-track"]) == 2
+    assert "tuned/seg.yaml: tuned for profile demo, not paper" in caplog.text

@@ -3,12 +3,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hecktor.config import Config, ConfigError, load_config, resolve
+from hecktor.config import (
+    Config,
+    ConfigError,
+    apply_tuned,
+    load_config,
+    override,
+    resolve,
+    tuned_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", ["tiny", "demo", "paper"])
+@pytest.mark.parametrize("profile", ["tiny", "demo", "paper", "paper_tuned"])
 def test_every_profile_resolves(profile):
     cfg = load_config(ROOT / "params.yaml", profile)
     assert cfg.profile == profile
@@ -92,22 +100,84 @@ def test_search_space_keys_must_exist_in_the_task_section():
         resolve({"tune": {"rfs": {"space": {"mlp_width": {"kind": "categorical"}}}}})
 
 
-def test_tuned_values_are_set_over_the_params(tmp_path):
-    from hecktor.config import apply_tuned, override
+def _tuned(cfg: Config, task: str, values: dict, folder: Path) -> Config:
+    """``cfg`` reading tuned files from ``folder``, where ``task``'s file was tuned for ``cfg``."""
+    cfg = cfg.model_copy(update={"paths": override(cfg.paths, tuned=folder)})
+    record = {"task": task, "study": "s", "trial": 3, "values": values,
+              "tuned_for": tuned_for(cfg, task)}  # fmt: skip
+    (folder / f"{task}.yaml").write_text(yaml.safe_dump(record))
+    return cfg
 
-    cfg = Config()
-    cfg = cfg.model_copy(update={"paths": override(cfg.paths, tuned=tmp_path)})
+
+def test_tuned_values_are_set_over_the_params(tmp_path):
+    cfg = Config().model_copy(update={"paths": override(Config().paths, tuned=tmp_path)})
     assert apply_tuned(cfg) == cfg  # no tuned files: the params as written
-    (tmp_path / "seg.yaml").write_text(
-        "task: seg\nstudy: s\ntrial: 3\nvalues:\n  train.lr: 0.002\n  augment.rotate_deg: 5.0\n"
-    )
+    cfg = _tuned(cfg, "seg", {"train.lr": 0.002, "augment.rotate_deg": 5.0}, tmp_path)
     tuned = apply_tuned(cfg)
     assert tuned.seg.train.lr == 0.002 and tuned.seg.augment.rotate_deg == 5.0
     assert tuned.seg.train.epochs == cfg.seg.train.epochs and tuned.hpv == cfg.hpv
     assert apply_tuned(cfg, skip=("seg",)) == cfg
-    (tmp_path / "hpv.yaml").write_text("values:\n  dropout_rate: 0.3\n")
+    _tuned(cfg, "hpv", {"dropout_rate": 0.3}, tmp_path)
     with pytest.raises(ConfigError, match=r"hpv\.yaml: unknown key 'dropout_rate'"):
         apply_tuned(cfg)
+
+
+def test_a_tuned_file_applies_only_to_the_configuration_it_was_tuned_for(tmp_path, caplog):
+    demo = _tuned(load_config(ROOT / "params.yaml", "demo"), "seg", {"train.lr": 0.002}, tmp_path)
+    assert apply_tuned(demo).seg.train.lr == 0.002
+    # how a run goes is not what it learns: the file still applies
+    faster = demo.model_copy(update={"seg": with_train(demo.seg, num_workers=4, device="cpu")})
+    assert apply_tuned(faster).seg.train.lr == 0.002
+
+    paper = load_config(ROOT / "params.yaml", "paper")
+    paper = paper.model_copy(update={"paths": demo.paths})
+    with pytest.raises(ConfigError, match=r"seg\.yaml: tuned for profile demo, not paper"):
+        apply_tuned(paper)
+    caplog.set_level("WARNING")
+    ignored = apply_tuned(paper, strict=("hpv", "rfs"))  # seg's file is not this command's
+    assert ignored.seg.train.lr == paper.seg.train.lr == 1e-4
+    assert "seg.yaml not applied: tuned for profile demo" in caplog.text
+
+    longer = demo.model_copy(update={"seg": with_train(demo.seg, epochs=40)})
+    with pytest.raises(ConfigError, match=r"other seg settings: train\.epochs 16 \(now 40\)"):
+        apply_tuned(longer)
+    space = dict(demo.tune.seg.space)
+    space["train.lr"] = space["train.lr"].model_copy(update={"high": 1e-2})
+    wider = demo.model_copy(
+        update={"tune": override(demo.tune, seg=override(demo.tune.seg, space=space))}
+    )
+    with pytest.raises(ConfigError, match=r"other tune\.seg: space\.train\.lr\.high"):
+        apply_tuned(wider)
+    (tmp_path / "seg.yaml").write_text("task: seg\nvalues:\n  train.lr: 0.002\n")
+    with pytest.raises(ConfigError, match="does not record the configuration"):
+        apply_tuned(demo)
+
+
+def with_train(section, **values):
+    return section.model_copy(update={"train": override(section.train, **values)})
+
+
+def test_paper_profile_trains_the_paper_recipe_and_paper_tuned_tunes_it():
+    paper = load_config(ROOT / "params.yaml", "paper")
+    assert not paper.tune.enabled
+    for task, batch in (("seg", 2), ("hpv", 4), ("rfs", 16)):
+        train = getattr(paper, task).train
+        assert (train.lr, train.weight_decay, train.batch_size, train.epochs) == (
+            1e-4,
+            0,
+            batch,
+            500,
+        )
+    tuned = load_config(ROOT / "params.yaml", "paper_tuned")
+    assert tuned.tune.enabled
+    # the same recipe, with the studies switched on
+    same = tuned.model_copy(
+        update={"profile": "paper", "tune": override(tuned.tune, enabled=False)}
+    )
+    assert same == paper
+    for task in ("seg", "rfs"):
+        decay = getattr(tuned.tune, task).space["train.weight_decay"]
+        assert decay.or_zero and decay.holds(0.0) and not decay.holds(1e-9)
 
 
 def test_a_digest_of_some_sections_ignores_the_others():

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hecktor import tracking, tuning
-from hecktor.config import ConfigError, apply_tuned, load_config, read_tuned
+from hecktor.config import ConfigError, SearchDim, apply_tuned, load_config, override, read_tuned
 from hecktor.training.workflow import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,8 +251,6 @@ def test_no_search_space_writes_empty_values(project):
 
 def test_password_is_not_written_with_the_storage(project):
     _, cfg = project
-    from hecktor.config import override
-
     url = "postgresql://optuna:secret@db.example:5432/studies"
     cfg = cfg.model_copy(update={"tune": override(cfg.tune, storage=url)})
     assert tuning.storage_label(cfg) == "postgresql://optuna:***@db.example:5432/studies"
@@ -263,3 +261,44 @@ def test_a_task_without_a_search_space_is_refused_by_name(tiny_config):
         ConfigError, match=r"tune volume: no search space in params \(tune.volume\)"
     ):
         tuning.tune(tiny_config, "volume", track=False)
+
+
+def test_paper_tuned_studies_start_from_the_paper_recipe():
+    cfg = load_config(ROOT / "params.yaml", "paper_tuned")
+    for task in ("seg", "hpv", "rfs"):
+        first = tuning.written_values(cfg, task)
+        assert set(first) == set(
+            getattr(cfg.tune, task).space
+        )  # the whole recipe, no partial trial
+        section = getattr(cfg, task)
+        assert first["train.lr"] == section.train.lr == 1e-4
+    assert tuning.written_values(cfg, "seg")["train.weight_decay"] == 0.0
+
+
+def test_a_dimension_or_zero_draws_zero_and_the_range_and_enqueues_either():
+    space = {"train.weight_decay": SearchDim(low=1e-7, high=1e-3, log=True, or_zero=True),
+             "dropout": SearchDim(low=0.0, high=0.5)}  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for values in ({"train.weight_decay": 0.0, "dropout": 0.2},
+                   {"train.weight_decay": 1e-5, "dropout": 0.1}):  # fmt: skip
+        study.enqueue_trial(tuning.params_of(space, values))
+        trial = study.ask()
+        assert tuning.sample(trial, space) == values
+        study.tell(trial, 0.0)
+        assert tuning.values_of(space, study.trials[-1].params) == values
+    drawn = []
+    for _ in range(30):
+        trial = study.ask()
+        drawn.append(tuning.sample(trial, space)["train.weight_decay"])
+        study.tell(trial, 0.0)
+    assert 0.0 in drawn and all(v == 0 or 1e-7 <= v <= 1e-3 for v in drawn)
+    assert any(v > 0 for v in drawn)
+
+
+def test_tuning_switched_off_writes_no_values_and_says_why(project):
+    _, cfg = project
+    cfg = cfg.model_copy(update={"tune": override(cfg.tune, enabled=False)})
+    result = tuning.tune(cfg, "seg", track=False)
+    assert result["values"] == {} and "tune.enabled is false" in result["why"]
+    assert read_tuned(cfg, "seg")["tuned_for"]["profile"] == "tiny"
+    assert not (Path(cfg.paths.studies) / "journal.log").exists()  # no study was opened

@@ -14,11 +14,25 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from hecktor import __version__, io
-from hecktor.config import Config, ConfigError, apply_tuned, load_config, override
+from hecktor.config import (
+    TUNABLE,
+    Config,
+    ConfigError,
+    Profile,
+    annotated_yaml,
+    apply_tuned,
+    load_config,
+    override,
+    profile_keys,
+    read_tuned,
+    tuned_difference,
+    tuned_file,
+)
 from hecktor.data.layout import InputError
-from hecktor.tasks import TASKS, spec_of
+from hecktor.tasks import TASKS, lineage, spec_of
 from hecktor.tasks.spec import resolve
 
 log = logging.getLogger("hecktor")
@@ -31,7 +45,7 @@ def _common(defaults: bool = True) -> argparse.ArgumentParser:
     keep = {} if defaults else {"default": argparse.SUPPRESS}
     common.add_argument("--params", help="params file (default: params.yaml)",
                         **({"default": "params.yaml"} | keep))  # fmt: skip
-    common.add_argument("--profile", choices=["tiny", "demo", "paper"],
+    common.add_argument("--profile", choices=list(get_args(Profile)),
                         help="scale profile (default: from params)", **keep)  # fmt: skip
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging", **keep)
     return common
@@ -218,6 +232,30 @@ def _ui(args: argparse.Namespace, cfg: Config) -> None:
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly
 
 
+def _show_config(args: argparse.Namespace, cfg: Config) -> None:
+    """Print the resolved configuration, each value set by the profile or a tuned file so marked."""
+    params = Path(args.params)
+    notes = (
+        dict.fromkeys(profile_keys(params, cfg.profile), f"profile {cfg.profile}")
+        if params.is_file()
+        else {}
+    )
+    header = [f"hecktor config: {params if params.is_file() else 'built-in defaults'}, "
+              f"profile {cfg.profile}"]  # fmt: skip
+    for task in TUNABLE:
+        tuned, path = read_tuned(cfg, task), tuned_file(cfg, task)
+        if not tuned or not tuned.get("values"):
+            header.append(f"{path}: no tuned values" + ("" if tuned else " (no file)"))
+            continue
+        difference = tuned_difference(cfg, task, tuned)
+        if difference:
+            header.append(f"{path}: not applied ({difference})")
+            continue
+        source = f"tuned: {path}, trial {tuned.get('trial')} of {tuned.get('study')}"
+        notes |= {f"{task}.{key}": source for key in tuned["values"]}
+    sys.stdout.write(annotated_yaml(cfg, notes, tuple(header)))
+
+
 def _config(args: argparse.Namespace) -> Config:
     """The params file's config for the chosen profile. Without a params file, the built-in
     defaults, unless a profile is asked for: a profile lives in a params file, so that is an error."""
@@ -370,7 +408,12 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
 
 
 def _project_verbs(verbs, common: argparse.ArgumentParser) -> None:
-    """report, ui: the project's results."""
+    """config, report, ui: the project's settings and results."""
+    p = verbs.add_parser("config", parents=[common], help="print the configuration a stage would use",
+                         description="Print the resolved configuration as YAML: the profile merged over "
+                         "the shared sections and the tuned values that apply, each marked by a comment.")  # fmt: skip
+    p.set_defaults(func=_show_config)
+
     p = verbs.add_parser("report", parents=[common], help="one page with every task's results",
                          description="Gather metrics, baselines, oracle values, tuned values and figures into reports/index.md.")  # fmt: skip
     p.set_defaults(func=_report)
@@ -396,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tuned_scope(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which tasks' tuned values a verb skips (a study does not read the values it chooses) and
+    which it refuses when tuned for another configuration (the tasks it trains or scores: the
+    task and those upstream of it); any other task's mismatched file is ignored with a warning."""
+    task = getattr(args, "task", None)
+    if args.verb in ("train", "crossval", "ablate", "tune", "derive") and task in TASKS:
+        return ((task,) if args.verb == "tune" else ()), lineage(task)
+    if args.verb == "register":
+        return (), tuple(t for task in (args.tasks or TASKS) for t in lineage(task))
+    return (), ()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -405,8 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = _config(args)
-        # tuned values apply everywhere, except to the study that is choosing them
-        cfg = apply_tuned(cfg, skip=(args.task,) if args.verb == "tune" else ())
+        cfg = apply_tuned(cfg, *_tuned_scope(args))
         code = args.func(args, cfg)
     except (InputError, ConfigError, ValueError) as err:
         log.error("%s", err)

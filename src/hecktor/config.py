@@ -7,6 +7,7 @@ defaults and validates the result; an unknown or mistyped key fails with its dot
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -23,9 +24,13 @@ from pydantic import (
 from hecktor import planning
 from hecktor.fingerprints import json_digest
 
-Profile = Literal["tiny", "demo", "paper"]
+Profile = Literal["tiny", "demo", "paper", "paper_tuned"]
 TUNABLE = ("seg", "hpv", "rfs")
 Triple = tuple[float, float, float]
+# settings that change how a training runs, not what it learns: a tuned file still applies
+EXECUTION_ONLY = frozenset({"train.num_workers", "train.device", "augment.where", "cache_gb"})
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -185,6 +190,10 @@ class RfsConfig(_Section):
         "gt",
         "pred",
     )  # train on true or predicted masks and HPV
+    # what the registry serves: the fold ensemble of the models trained on predicted inputs (on
+    # true ones if none), or the paper's chain: the best fold trained on true inputs, with HPV
+    # from the best single Task 3 fold
+    chain: Literal["ensemble", "paper"] = "ensemble"
     # the input grid: averaged over pool^3 blocks of the prepared grid (2: 2 mm from 1 mm), and a
     # box around the lesions (mm; null: the whole prepared volume, as the paper)
     input_pool: int = Field(1, ge=1)
@@ -200,9 +209,19 @@ class RfsConfig(_Section):
         epochs=500, batch_size=16, lr=1e-4, drop_last=False, swa_epochs=0
     )
 
+    @model_validator(mode="after")
+    def _chain_is_trained(self) -> RfsConfig:
+        if self.chain == "paper" and "gt" not in self.modes:
+            raise ValueError("chain paper needs models trained on true inputs: add gt to modes")
+        return self
+
 
 class SearchDim(_Section):
-    """One dimension of a search space: a float or int range (``log`` for a log scale) or choices."""
+    """One dimension of a search space: a float or int range (``log`` for a log scale) or choices.
+
+    ``or_zero``: 0 is a value too, beside the range (a weight decay of 0, the paper's, or
+    log-uniform above ``low``): each trial first draws whether the value is 0.
+    """
 
     kind: Literal["float", "int", "categorical"] = "float"
     low: float | None = None
@@ -210,17 +229,28 @@ class SearchDim(_Section):
     log: bool = False
     step: float | None = None
     choices: tuple[bool | int | float | str, ...] | None = None
+    or_zero: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> SearchDim:
         if self.kind == "categorical":
             if not self.choices:
                 raise ValueError("a categorical dimension needs choices")
+            if self.or_zero:
+                raise ValueError("or_zero is for ranges; list 0 among the choices instead")
         elif self.low is None or self.high is None or not self.low < self.high:
             raise ValueError(f"needs low < high, got low={self.low} high={self.high}")
         elif self.log and self.low <= 0:
             raise ValueError("a log-scale dimension needs low > 0")
         return self
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one this dimension can take."""
+        if self.kind == "categorical":
+            return value in (self.choices or ())
+        if self.or_zero and value == 0:
+            return True
+        return self.low is not None and self.high is not None and self.low <= value <= self.high
 
 
 class TuneTask(_Section):
@@ -242,8 +272,10 @@ class TuneTask(_Section):
 
 
 class TuneConfig(_Section):
-    """Optuna storage and the study of each task."""
+    """Optuna storage and the study of each task; ``enabled: false`` trains the params as written
+    (the ``paper`` profile: its recipe; ``paper_tuned`` tunes it)."""
 
+    enabled: bool = True
     storage: str | None = None  # an Optuna storage URL; None: a journal file under paths.studies
     keep_checkpoints: bool = False  # keep every finished trial's checkpoints (disk-hungry)
     seg: TuneTask = TuneTask()
@@ -379,6 +411,12 @@ def load_config(path: Path | str = "params.yaml", profile: str | None = None) ->
     return resolve(raw, profile)
 
 
+def profile_keys(path: Path | str, profile: str) -> list[str]:
+    """The dotted keys a profile of a params file sets over the shared sections."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return list(flat((raw.get("profiles") or {}).get(profile) or {}))
+
+
 def with_values(section: S, values: dict[str, Any]) -> S:
     """A copy of ``section`` with dotted keys set (``{"train.lr": 1e-3}``), validated.
 
@@ -420,14 +458,104 @@ def read_tuned(cfg: Config, task: str) -> dict[str, Any] | None:
     return data
 
 
-def apply_tuned(cfg: Config, skip: tuple[str, ...] = ()) -> Config:
-    """``cfg`` with each task's tuned values (``paths.tuned/<task>.yaml``) set over its params."""
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys (``{"train": {"lr": 1}}`` -> ``train.lr``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def tuned_for(cfg: Config, task: str) -> dict[str, Any]:
+    """What a task's tuned values were tuned for, as its tuned-values file records it: the
+    profile, the task's settings as written (less those the study sets and those that change
+    how a run goes, not what it learns) and the study's trial settings and search space."""
+    spec: TuneTask = getattr(cfg.tune, task)
+    settings = flat(getattr(cfg, task).model_dump(mode="json"))
+    skip = set(spec.space) | EXECUTION_ONLY
+    return {
+        "profile": cfg.profile,
+        "settings": {k: v for k, v in settings.items() if k not in skip},
+        "tune": flat(spec.model_dump(mode="json", exclude={"trials"})),
+    }
+
+
+def _changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    keys = [k for k in dict.fromkeys([*then, *now]) if then.get(k, "-") != now.get(k, "-")]
+    return [f"{k} {then.get(k, '-')!r} (now {now.get(k, '-')!r})" for k in keys]
+
+
+def tuned_difference(cfg: Config, task: str, tuned: dict[str, Any]) -> str | None:
+    """Why a tuned-values file does not apply to ``cfg`` (None: it does): it was tuned for
+    another profile, other settings of the task, or another search space."""
+    if not tuned.get("values"):
+        return None
+    then = tuned.get("tuned_for")
+    if not isinstance(then, dict):
+        return "it does not record the configuration it was tuned for"
+    now = tuned_for(cfg, task)
+    if then.get("profile") != now["profile"]:
+        return f"tuned for profile {then.get('profile')}, not {now['profile']}"
+    for part, what in (("settings", f"{task} settings"), ("tune", f"tune.{task}")):
+        changes = _changes(then.get(part) or {}, now[part])
+        if changes:
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            return f"tuned for other {what}: {', '.join(changes[:3])}{more}"
+    return None
+
+
+def apply_tuned(
+    cfg: Config, skip: tuple[str, ...] = (), strict: tuple[str, ...] = TUNABLE
+) -> Config:
+    """``cfg`` with each task's tuned values (``paths.tuned/<task>.yaml``) set over its params.
+
+    A file tuned for another configuration (:func:`tuned_difference`) is refused for the tasks in
+    ``strict`` (those a command trains or scores with) and ignored with a warning for the others
+    (under ``dvc repro`` their own tune stage reruns the study before anything reads them).
+    """
     updates = {}
     for task in TUNABLE:
         tuned = None if task in skip else read_tuned(cfg, task)
-        if tuned and tuned.get("values"):
-            try:
-                updates[task] = with_values(getattr(cfg, task), tuned["values"])
-            except ConfigError as err:
-                raise ConfigError(f"{tuned_file(cfg, task)}: {err}") from None
+        if not tuned or not tuned.get("values"):
+            continue
+        path = tuned_file(cfg, task)
+        difference = tuned_difference(cfg, task, tuned)
+        if difference and task in strict:
+            raise ConfigError(
+                f"{path}: {difference}; tune for this configuration (`hecktor tune {task}`) "
+                "or move the file away to train with the params as written"
+            )
+        if difference:
+            log.warning("%s not applied: %s", path, difference)
+            continue
+        try:
+            updates[task] = with_values(getattr(cfg, task), tuned["values"])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     return cfg.model_copy(update=updates) if updates else cfg
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000)
+    return text.removesuffix("\n...\n").strip()
+
+
+def annotated_yaml(cfg: Config, notes: dict[str, str], header: tuple[str, ...] = ()) -> str:
+    """``cfg`` as YAML, with ``notes`` (dotted key -> where its value comes from) as comments."""
+
+    def emit(data: dict[str, Any], prefix: str, depth: int) -> list[str]:
+        lines = []
+        for key, value in data.items():
+            dotted, pad = f"{prefix}{key}", "  " * depth
+            if isinstance(value, dict) and value:
+                lines += [f"{pad}{key}:", *emit(value, f"{dotted}.", depth + 1)]
+            else:
+                note = f"  # {notes[dotted]}" if dotted in notes else ""
+                lines.append(f"{pad}{key}: {_scalar(value)}{note}")
+        return lines
+
+    comments = [f"# {line}" for line in header]
+    return "\n".join([*comments, *emit(cfg.model_dump(mode="json"), "", 0)]) + "\n"

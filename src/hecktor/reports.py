@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 from hecktor import io
-from hecktor.config import Config, read_tuned
+from hecktor.config import Config, read_tuned, tuned_difference, tuned_file
 
 _LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.85), (1.0, 0.85, 0.0, 0.85)])
 
@@ -124,7 +124,8 @@ def pipeline_report(
         "",
     ]
     tuned_rows = [
-        {"task": task, "study": t.get("study") or "(not tuned)", "trial": t.get("trial", ""),
+        {"task": task, "study": t.get("study") or f"(not tuned: {t.get('why', 'no study')})",
+         "trial": t.get("trial", ""),
          "value": t.get("value", float("nan")), "values": ", ".join(
              f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
              for k, v in (t.get("values") or {}).items())}
@@ -150,6 +151,13 @@ def write_pipeline_report(cfg: Config, titles: dict[str, str]) -> Path:
     ]
     sections = {p.stem: p.read_text() for p in pages if p.is_file()}
     tuned = {t: read_tuned(cfg, t) for t in titles}
+    for task, record in tuned.items():  # only what applies to this configuration is reported
+        difference = record and tuned_difference(cfg, task, record)
+        if difference:
+            tuned[task] = {
+                "study": None,
+                "why": f"{tuned_file(cfg, task)} not applied, {difference}",
+            }
     out = reports_dir / "index.md"
     io.write_text(out, pipeline_report(metrics, sections, tuned, titles))
     return out

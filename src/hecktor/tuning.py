@@ -63,6 +63,7 @@ from hecktor.config import (
     TuneTask,
     override,
     tuned_file,
+    tuned_for,
     with_values,
 )
 from hecktor.data.folds import load_splits
@@ -112,11 +113,18 @@ def storage_label(cfg: Config) -> str:
     return str(Path(cfg.paths.studies) / "journal.log")
 
 
+def zero_flag(key: str) -> str:
+    """The Optuna parameter that says whether an ``or_zero`` dimension is 0 in a trial."""
+    return f"{key} is zero"
+
+
 def sample(trial: Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
     """One value per dimension of ``space``, keyed by its dotted name."""
     values: dict[str, Any] = {}
     for key, dim in space.items():
-        if dim.kind == "categorical":
+        if dim.or_zero and trial.suggest_categorical(zero_flag(key), [True, False]):
+            values[key] = 0.0
+        elif dim.kind == "categorical":
             values[key] = trial.suggest_categorical(key, list(dim.choices or ()))
         elif dim.kind == "int":
             values[key] = trial.suggest_int(
@@ -127,6 +135,26 @@ def sample(trial: Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
                 key, float(dim.low or 0), float(dim.high or 0), step=dim.step, log=dim.log
             )
     return values
+
+
+def values_of(space: dict[str, SearchDim], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values from its Optuna parameters (the inverse of :func:`params_of`)."""
+    return {
+        key: 0.0 if params.get(zero_flag(key)) else params[key]
+        for key in space
+        if params.get(zero_flag(key)) or key in params
+    }
+
+
+def params_of(space: dict[str, SearchDim], values: dict[str, Any]) -> dict[str, Any]:
+    """The Optuna parameters that make a trial draw ``values``, to enqueue it."""
+    params: dict[str, Any] = {}
+    for key, value in values.items():
+        if space[key].or_zero:
+            params[zero_flag(key)] = value == 0
+        if not (space[key].or_zero and value == 0):
+            params[key] = value
+    return params
 
 
 def trial_config(cfg: Config, task: str, values: dict[str, Any]) -> Config:
@@ -220,12 +248,7 @@ def written_values(cfg: Config, task: str) -> dict[str, Any]:
         value: Any = section
         for part in key.split("."):
             value = value[part]
-        inside = (
-            value in (dim.choices or ())
-            if dim.kind == "categorical"
-            else dim.low is not None and dim.high is not None and dim.low <= value <= dim.high
-        )
-        if not inside:
+        if not dim.holds(value):
             return {}  # a partial trial would mix the params with sampled values
         values[key] = value
     return values
@@ -340,10 +363,13 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
     spec: TuneTask = getattr(cfg.tune, task)
     target = spec.trials if trials is None else trials
     out_file = tuned_file(cfg, task)
-    if target == 0 or not spec.space:
-        result = {"task": task, "study": None, "values": {}}
+    if not cfg.tune.enabled or target == 0 or not spec.space:
+        why = (f"tune.enabled is false in profile {cfg.profile}" if not cfg.tune.enabled
+               else f"{target} trials, {len(spec.space)} dimensions")  # fmt: skip
+        result = {"task": task, "study": None, "why": why, "values": {},
+                  "tuned_for": tuned_for(cfg, task)}  # fmt: skip
         io.write_text(out_file, _render(result))
-        log.info("%s: no tuning (trials: %d, %d dimensions)", task, target, len(spec.space))
+        log.info("%s: no tuning (%s): the params as written", task, why)
         return result
     tuning_folds(trial_config(cfg, task, {}), task)  # a missing split fails here, not per trial
     study = optuna.create_study(
@@ -358,7 +384,9 @@ def tune(cfg: Config, task: str, track: bool = True, trials: int | None = None) 
     if defaults and not study.trials:  # a new study starts from the params as written
         with _study_lock(cfg, study):  # once, however many workers start together
             if not study.get_trials(deepcopy=False):
-                study.enqueue_trial(defaults, user_attrs={"params_file": True})
+                study.enqueue_trial(
+                    params_of(spec.space, defaults), user_attrs={"params_file": True}
+                )
     experiment = tracking.experiment(f"hecktor-tune-{task}", cfg.paths.mlruns) if track else ""
     with _study_run(cfg, study, experiment, track, task) as study_run:
         while counted(study.get_trials(deepcopy=False)) < target:
@@ -406,7 +434,8 @@ def summarise(cfg: Config, task: str, study: optuna.Study) -> dict:
         "trial": best.number,
         "value": float(best.value),
         "trials": counts,
-        "values": dict(best.params),
+        "values": values_of(getattr(cfg.tune, task).space, best.params),
+        "tuned_for": tuned_for(cfg, task),
     }
 
 
