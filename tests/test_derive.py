@@ -2,11 +2,12 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from hecktor.checkpoints import FINAL
 from hecktor.data.folds import load_splits
-from hecktor.derive import _sources
+from hecktor.derive import _sources, best_single_fold
 from hecktor.tasks import task_folds
 
 
@@ -46,3 +47,15 @@ def test_inputs_are_keyed_by_the_weights_the_models_load(project_cfg):
     (models / "hpv" / hpv_folds[-1] / FINAL).unlink()  # a configured fold still training
     with pytest.raises(ValueError, match="no finished training"):
         _sources(project_cfg)
+
+
+def test_the_single_task3_fold_is_the_best_classifier_of_its_own_validation_patients():
+    truth = pd.Series({"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 1.0, "f": None})
+    oof = pd.DataFrame({
+        "PatientID": ["a", "b", "c", "d", "e", "f"],
+        "fold": ["fold-0", "fold-0", "fold-1", "fold-1", "fold-2", "fold-2"],
+        "logit": [-1.0, 1.0, 2.0, -2.0, 3.0, -9.0],  # fold-1 right on both; f's label unknown
+    })  # fmt: skip
+    assert best_single_fold(oof, truth) == ("fold-1", 1.0)
+    oof.loc[oof["fold"] == "fold-0", "logit"] = [1.0, -1.0]  # now as good: the first wins
+    assert best_single_fold(oof, truth) == ("fold-0", 1.0)

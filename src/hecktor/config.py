@@ -80,6 +80,9 @@ class PrepareConfig(_Section):
     spacing_mm: Triple = (1.0, 1.0, 1.0)
     crop_mm: Triple = (200.0, 200.0, 310.0)
     crop_offset_mm: Triple = (0.0, 0.0, 0.0)
+    # as the official script: move a box that would leave the scan back inside it (where the
+    # scan is larger); false: keep it where it is and pad outside the scan
+    inside_scan: bool = True
     interpolator: Literal["bspline", "linear"] = "bspline"
     ct_window_hu: tuple[float, float] = (-250.0, 250.0)
     ct_scale: float = Field(6.0, gt=0)

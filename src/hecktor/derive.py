@@ -6,6 +6,9 @@ from the Task 3 models, produced out of fold wherever the splits allow.
   marked so (``seg_source``).
 * HPV: a patient in a Task 3 validation fold gets that fold model's logit; anyone else (the Task 3
   test set, patients outside Task 3) gets the fold ensemble's mean logit: never in-sample.
+* HPV as the paper's Task 2 submission took it (``hpv_single_*``): from one Task 3 fold model, the
+  one with the best balanced accuracy on its validation patients (``single_fold.json``), for the
+  patients no fold trained on; out of fold, as above, for the others.
 
 Written once per set of models to ``<models>/rfs_inputs`` (masks on the prepared grid); the
 ``derive`` stage makes them, so that tuning and training Task 2 share them. Their key covers the
@@ -26,7 +29,7 @@ import pandas as pd
 from torch import nn
 from tqdm import tqdm
 
-from hecktor import io
+from hecktor import io, metrics
 from hecktor.checkpoints import load_checkpoint, load_trained, model_from, trained_checkpoint
 from hecktor.config import Config
 from hecktor.data.folds import folds_of, load_splits
@@ -37,7 +40,7 @@ from hecktor.fingerprints import files_digest, training_code
 from hecktor.prediction import remove_small_lesions
 from hecktor.tasks import task_folds
 from hecktor.tasks.hpv import HPVTask
-from hecktor.tasks.rfs import rfs_inputs_dir
+from hecktor.tasks.rfs import SINGLE_FOLD, rfs_inputs_dir
 from hecktor.tasks.seg import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,22 @@ def logits_of(
         return lambda patients: task.logits(model.model, patients, device, autocast, unknown)
 
     return fold_predictions([(m.name, m.kind, m.train, m.val) for m in models], test, fit, "logit")
+
+
+def best_single_fold(oof: pd.DataFrame, truth: pd.Series) -> tuple[str, float]:
+    """The Task 3 fold whose model classifies its validation patients best (balanced accuracy,
+    then AUC, as training selects), and that accuracy."""
+
+    def score(rows: pd.DataFrame) -> tuple[float, float]:
+        known = truth.loc[rows["PatientID"]].notna().to_numpy()
+        labels = truth.loc[rows["PatientID"]].to_numpy()[known].astype(int)
+        logits = rows["logit"].to_numpy()[known]
+        auc = metrics.auc(labels, logits)
+        return metrics.balanced_accuracy(labels, (logits > 0).astype(int)), np.nan_to_num(auc)
+
+    scores = {fold: score(rows) for fold, rows in oof.groupby("fold", sort=False)}
+    best = max(scores, key=lambda fold: scores[fold])  # the first of equals, in fold order
+    return str(best), float(scores[best][0])
 
 
 def _sources(cfg: Config) -> tuple[list[tuple[str, set[str], Path]], str]:
@@ -124,17 +143,21 @@ def derive_rfs_inputs(cfg: Config) -> Path:
     hpv_models = [m for m in load_models(cfg, hpv_task) if m.kind == "kfold"]
     oof, _ = logits_of(cfg, hpv_task, hpv_models)
     oof_logit = dict(zip(oof["PatientID"], oof["logit"], strict=True))
+    single, single_accuracy = best_single_fold(oof, hpv_task.table["HPV Status"])
     rows = []
     with io.atomic_dir(out, "derive rfs") as tmp:
         (tmp / "masks").mkdir()
         others = [p for p in patients if p not in oof_logit]
-        ensemble = {}
+        ensemble: dict[str, list[float]] = {}
+        single_logit = dict(oof_logit)
         if others:
             for fold in hpv_models:
                 hpv_task.load_state({"encoder": fold.encoder})
                 values = hpv_task.logits(fold.model, others, device, autocast)
                 for p, v in zip(others, values, strict=True):
                     ensemble.setdefault(p, []).append(v)
+                    if fold.name == single:
+                        single_logit[p] = v
         for patient in tqdm(patients, desc="rfs inputs", unit="patient"):
             unseen = [name for name, train, _ in seg_folds if patient not in train]
             fold = unseen[0] if unseen else seg_folds[0][0]
@@ -143,12 +166,15 @@ def derive_rfs_inputs(cfg: Config) -> Path:
             labels = remove_small_lesions(labels, cfg.seg.min_lesion_mm3, seg_task.voxel_mm3)
             np.save(tmp / "masks" / f"{patient}.npy", labels)
             logit = oof_logit.get(patient, float(np.mean(ensemble.get(patient, [0.0]))))
+            alone = float(single_logit.get(patient, 0.0))
             rows.append({
                 "PatientID": patient, "hpv_logit": logit, "hpv_pred": int(logit > 0),
+                "hpv_single_logit": alone, "hpv_single_pred": int(alone > 0),
                 "seg_source": "out-of-fold" if unseen else "in-sample",
                 "hpv_source": "out-of-fold" if patient in oof_logit else "ensemble",
             })  # fmt: skip
         pd.DataFrame(rows).to_csv(tmp / "inputs.csv", index=False)
+        io.write_json(tmp / SINGLE_FOLD, {"fold": single, "balanced_accuracy": single_accuracy})
         (tmp / "key.txt").write_text(key)
     frame = pd.DataFrame(rows)
     log.info("Task 2 inputs: masks %s; HPV %s", frame["seg_source"].value_counts().to_dict(),

@@ -27,7 +27,9 @@ def _mip(labels: np.ndarray, axis: int) -> np.ndarray:
 
 
 def mip_figure(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]):
-    """The paper's Fig. 1: coronal MIPs of PET (z-scored), prediction and truth, one row per case.
+    """The paper's Fig. 1: coronal MIPs of PET, prediction and truth, one row per case; the PET
+    in the release's units (SUV where the release is in SUV) shown as the paper's: centre 3,
+    window 7.
 
     Each case is (patient, pet (Z, Y, X), prediction, truth). GTVp green, GTVn yellow.
     """

@@ -176,3 +176,27 @@ def test_foreground_holds_every_voxel_of_each_class_and_none_without_labels():
     for value in (1, 2):
         np.testing.assert_array_equal(found.of(value), np.flatnonzero(label == value))
     assert foreground_of(np.zeros((3, 3, 3), np.uint8)).labelled().size == 0
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_a_box_leaving_the_scan_moves_back_inside_it_as_the_official_script_does(inside):
+    from hecktor.config import PrepareConfig
+    from hecktor.data.preprocess import crop_grid
+
+    # a 100 x 60 x 200 mm scan (x, y, z) with the brain near its top, at z = 180
+    pet = np.zeros((200, 60, 100), np.float32)
+    pet[170:190, 20:40, 40:60] = 10.0
+    ct = make_image(np.zeros_like(pet))
+    cfg = PrepareConfig(spacing_mm=(2.0, 2.0, 2.0), crop_mm=(40.0, 80.0, 120.0),
+                        interpolator="linear", inside_scan=inside)  # fmt: skip
+    grid, centre = crop_grid(ct, make_image(pet), cfg)
+    lo = np.array(grid.origin)
+    hi = lo + (np.array(grid.size) - 1) * np.array(grid.spacing)
+    assert grid.size == (20, 40, 60)
+    assert abs(centre[2] - 179.5) < 2  # the box is centred on the brain, 60 mm either side
+    if inside:
+        assert hi[2] <= 199.0 and lo[2] >= 0  # moved down, into the scan
+        assert abs((lo[0] + hi[0]) / 2 - centre[0]) < 2  # x: inside already, not moved
+        assert lo[1] < 0 and hi[1] > 59  # y: the scan is smaller than the box: padded both sides
+    else:
+        assert hi[2] > 230  # left where it is: padded above the scan

@@ -1,11 +1,15 @@
-"""Task 2 scored on unseen patients with predicted inputs, beside Cox baselines and the oracle.
+"""Task 2 scored on unseen patients, beside Cox baselines and the oracle.
 
 For each training mode (``gt``: trained on true masks and HPV; ``pred``: on predicted ones) every
-fold model scores its validation patients (out of fold) and the test set, always from predicted
-masks and HPV, as a new patient would be. A fold model's risks are standardised by its own training
-patients' risks (mean and standard deviation) so that folds can be pooled and averaged: the Cox
-loss fixes risks only up to a shift. The fold ensemble is the mean standardised risk; the best fold
-is the one with the highest cross-validated C-index (the paper's pick).
+fold model scores its validation patients (out of fold) and the test set from predicted masks and
+HPV, as a new patient would be, and again from true ones, as the paper's cross-validation did. A
+fold model's risks are standardised by its own training patients' risks (mean and standard
+deviation) so that folds can be pooled and averaged: the Cox loss fixes risks only up to a shift.
+
+Two chains are reported, each on true and on predicted inputs: the paper's (the best fold trained on
+true inputs, by its validation C-index on true inputs; on the test set, HPV from the best single
+Task 3 fold) and the ensemble (the mean standardised risk of the folds trained on predicted inputs).
+The registry serves the one ``rfs.chain`` names.
 
 Baselines (lifelines ``CoxPHFitter``, ridge 0.1) on the same folds and the same predicted inputs: the
 clinical variables alone, and with image features of the predicted masks (primary volume, SUVmax,
@@ -15,6 +19,7 @@ gives the best achievable C-index on the same patients.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -35,7 +40,7 @@ from hecktor.data.splits import fold_predictions
 from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.tasks import task_folds
-from hecktor.tasks.rfs import RFSTask, registered_mode
+from hecktor.tasks.rfs import SINGLE_FOLD, RFSTask, registered_mode
 
 log = logging.getLogger(__name__)
 IMAGE_FEATURES = ("primary_cc", "suv_max", "mtv_cc", "tlg", "nodes")
@@ -76,19 +81,64 @@ def image_features(task: RFSTask, patient: str) -> dict[str, float]:
     }
 
 
-def network_risks(cfg: Config, task: RFSTask, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Standardised out-of-fold and test risks of one training mode's fold models."""
+def _steps(cfg: Config) -> dict:
     device = resolve_device(cfg.rfs.train.device)
-    autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
+    return {"device": device, "autocast": autocast_for(precision_for(cfg.rfs.train.precision, device), device)}  # fmt: skip
+
+
+def network_risks(
+    cfg: Config, task: RFSTask, mode: str, inputs: str = "pred"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Standardised out-of-fold and test risks of one training mode's fold models, from
+    ``inputs`` (:data:`hecktor.tasks.rfs.INPUTS`)."""
+    steps = _steps(cfg)
     folds, test = task_folds(cfg, "rfs")
 
     def fit(fold: tuple[str, str, list[str], list[str]]):
         name, _, train_ids, _ = fold
-        model, _ = load_trained(task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", device)
-        mean, std = task.risk_scale(model, train_ids, device, autocast)
-        return lambda patients: (task.risks(model, patients, device, autocast) - mean) / std
+        model, _ = load_trained(
+            task, Path(cfg.paths.models) / "rfs" / f"{mode}-{name}", steps["device"]
+        )
+        mean, std = task.risk_scale(model, train_ids, inputs=inputs, **steps)
+        return lambda patients: (task.risks(model, patients, inputs=inputs, **steps) - mean) / std
 
     return fold_predictions(folds, test, fit, "risk")
+
+
+def _best_fold(folds: dict[str, dict]) -> str:
+    return max(folds, key=lambda f: np.nan_to_num(folds[f]["c_index"], nan=-1))
+
+
+def chains(cfg: Config, task: RFSTask, result: dict, true_test: dict, test: list[str]) -> dict:
+    """The paper's chain and the ensemble, each on true and on predicted inputs: CV (pooled out of
+    fold), the chosen fold's own validation patients (the paper's chain), and the test set."""
+    score = _scorer(task, cfg.rfs.bootstrap)
+    out: dict = {}
+    if "gt" in cfg.rfs.modes:
+        on_true, on_pred = result["network_on_true"]["gt"], result["network"]["gt"]
+        best = _best_fold(on_true["folds"])
+        single = json.loads((task.inputs_dir / SINGLE_FOLD).read_text())
+        paper: dict = {"mode": "gt", "fold": best, "hpv_fold": single["fold"],
+                       "hpv_fold_balanced_accuracy": single["balanced_accuracy"],
+                       "true": {"cv": on_true["cv"], "fold_validation": on_true["folds"][best]},
+                       "predicted": {"cv": on_pred["cv"], "fold_validation": on_pred["folds"][best]}}  # fmt: skip
+        if test:
+            steps = _steps(cfg)
+            model, _ = load_trained(
+                task, Path(cfg.paths.models) / "rfs" / f"gt-{best}", steps["device"]
+            )
+            wide = true_test["gt"].pivot(index="PatientID", columns="fold", values="risk")
+            paper["true"]["test"] = score(wide.index, wide[best])
+            paper["predicted"]["test"] = score(
+                test, task.risks(model, test, inputs="pred_single", **steps)
+            )
+        out["paper"] = paper
+    mode = "pred" if "pred" in cfg.rfs.modes else cfg.rfs.modes[0]
+    out["ensemble"] = {"mode": mode, "folds": len(result["network"][mode]["folds"])} | {
+        side: {"cv": source[mode]["cv"], "test": source[mode].get("test_ensemble")}
+        for side, source in (("true", result["network_on_true"]), ("predicted", result["network"]))
+    }
+    return out
 
 
 def baseline_risks(
@@ -127,12 +177,18 @@ def baseline_risks(
     return fold_predictions(folds, test, fit, "risk")
 
 
-def summarise(task: RFSTask, oof: pd.DataFrame, test: pd.DataFrame, resamples: int) -> dict:
-    def score(patients, risk):
+def _scorer(task: RFSTask, resamples: int):
+    def score(patients, risk) -> dict[str, float]:
         patients = list(patients)
         time = task.table.loc[patients, "RFS"].to_numpy(float)
         event = task.table.loc[patients, "Relapse"].to_numpy(float)
         return c_index_with_ci(time, event, np.asarray(risk, float), resamples)
+
+    return score
+
+
+def summarise(task: RFSTask, oof: pd.DataFrame, test: pd.DataFrame, resamples: int) -> dict:
+    score = _scorer(task, resamples)
 
     kfold = oof[oof["kind"] == "kfold"]
     out: dict = {
@@ -207,14 +263,17 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     folds, test = task_folds(cfg, "rfs")
     result: dict = {
         "network": {},
+        "network_on_true": {},
         "inputs": task.inputs[["seg_source", "hpv_source"]]
         .apply(lambda c: c.value_counts().to_dict())
         .to_dict(),
     }
-    frames = {}
+    frames, true_test = {}, {}
     for mode in cfg.rfs.modes:
         frames[mode] = network_risks(cfg, task, mode)
         result["network"][mode] = summarise(task, *frames[mode], cfg.rfs.bootstrap)
+        oof, true_test[mode] = network_risks(cfg, task, mode, "gt")
+        result["network_on_true"][mode] = summarise(task, oof, true_test[mode], cfg.rfs.bootstrap)
     base_folds = list(folds)
     if not any(kind == "loco" for _, kind, _, _ in folds):
         base_folds += [
@@ -251,6 +310,7 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
         task, kfold["PatientID"], kfold["risk"], f"network ({best_mode}), cross-validation"
     )
     result["km"] = {"mode": best_mode, "logrank_p": p_value}
+    result["chains"] = chains(cfg, task, result, true_test, test)
     plots = Path(cfg.paths.plots) / "rfs"
     plots.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(plots / "km.png") as tmp:
@@ -274,6 +334,43 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     plt.close(figure)
     log.info("Task 2 winners: %s", result["winner"])
     return result
+
+
+def chain_section(chains: dict, cell) -> list[str]:
+    """The chains on true and on predicted inputs: what the paper's CV figure measured beside
+    what a new patient gets."""
+    rows = []
+    paper = chains.get("paper")
+    if paper:
+        name = (f"paper: fold {paper['fold']} trained on true inputs; HPV of Task 3 fold "
+                f"{paper['hpv_fold']} (validation BA {paper['hpv_fold_balanced_accuracy']:.3f})")  # fmt: skip
+        for side, label in (
+            ("true", "true masks and HPV"),
+            ("predicted", "predicted masks and HPV"),
+        ):
+            figures = paper[side]
+            rows.append({"chain": name, "inputs": label, "CV": cell(figures["cv"]),
+                         "its fold's validation": cell(figures["fold_validation"]),
+                         "test": cell(figures.get("test"))})  # fmt: skip
+    ensemble = chains["ensemble"]
+    name = (f"ensemble: mean of {ensemble['folds']} folds trained on "
+            f"{'predicted' if ensemble['mode'] == 'pred' else 'true'} inputs")  # fmt: skip
+    for side, label in (("true", "true masks and HPV"), ("predicted", "predicted masks and HPV")):
+        rows.append({"chain": name, "inputs": label, "CV": cell(ensemble[side]["cv"]),
+                     "its fold's validation": "", "test": cell(ensemble[side].get("test"))})  # fmt: skip
+    notes = [
+        "## Chains: the paper's and the ensemble, on true and on predicted inputs",
+        "",
+        reports.markdown_table(rows, ["chain", "inputs", "CV", "its fold's validation", "test"]),
+        "",
+        "The paper's cross-validated figure is a fold model validated on its own patients with true "
+        'masks and HPV (first row, "its fold\'s validation"); a new patient has only predicted ones. '
+        "In CV, predicted HPV is out of fold; on the test set the paper's chain takes it from one Task 3 "
+        "fold model, as its submission did.",
+    ]
+    if not paper:
+        notes += ["", "The paper's chain is not trained here (`rfs.modes` has no `gt`)."]
+    return [*notes, ""]
 
 
 def render_report(result: dict, modes) -> str:
@@ -318,7 +415,7 @@ def render_report(result: dict, modes) -> str:
     return "\n".join([
         "# Task 2: recurrence-free survival",
         "",
-        "Harrell's C-index [bootstrap 95 % interval]; every model is evaluated on predicted masks and HPV. "
+        "Harrell's C-index [bootstrap 95 % interval]; every model here is evaluated on predicted masks and HPV. "
         "CV pools every fold's validation patients; the test set is the patients no fold trained on.",
         f"Inputs: {result['inputs']}",
         "",
@@ -326,6 +423,7 @@ def render_report(result: dict, modes) -> str:
         "",
         "Winner: " + ", ".join(f"{k}: **{v}**" for k, v in result["winner"].items()),
         "",
+        *chain_section(result["chains"], cell),
         "## Folds",
         "",
         reports.markdown_table(fold_rows, ["mode", "fold", "C-index", "patients", "events"]),

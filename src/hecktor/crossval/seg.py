@@ -68,6 +68,7 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
             raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
         for patient in val_ids:
             case = load_prepared(cfg.paths.prepared, patient)
+            suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
             _link(labels[patient], pred_root / "truth" / f"{patient}.nii.gz")
             for variant, model in models.items():
                 raw = task.predict(model, case.image, device, autocast)
@@ -76,9 +77,7 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
                 _write_mask(pred_root / f"{variant}_pp" / f"{patient}.nii.gz", cleaned, case.meta)
                 shown = variant == "swa" or "swa" not in models
                 if shown and len(figure_cases) < seg.figure_cases:
-                    pet = np.asarray(case.image[1])
-                    figure_cases.append((patient, pet, cleaned, np.asarray(case.label)))
-            suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
+                    figure_cases.append((patient, suv, cleaned, np.asarray(case.label)))
             base = baselines.pet_threshold(
                 suv, task.voxel_mm3, seg.baseline_suv, seg.min_lesion_mm3
             )

@@ -113,12 +113,17 @@ def brain_centre(ct: sitk.Image, pet: sitk.Image, cfg: PrepareConfig) -> np.ndar
 
 
 def crop_grid(ct: sitk.Image, pet: sitk.Image, cfg: PrepareConfig) -> tuple[Geometry, np.ndarray]:
-    """The output grid: the configured box around the brain centre plus offset, on the overlap lattice."""
+    """The output grid: the configured box around the brain centre plus offset, on the overlap
+    lattice; with ``inside_scan``, moved back inside the overlap along each axis where it would
+    leave it (and the overlap is larger than the box), as the official script does."""
     spacing = np.array(cfg.spacing_mm)
     size = np.maximum(np.round(np.array(cfg.crop_mm) / spacing).astype(int), 1)
     centre = brain_centre(ct, pet, cfg) + np.array(cfg.crop_offset_mm)
-    lo, _ = layout.overlap_box(ct, pet)  # type: ignore[misc]
+    lo, hi = layout.overlap_box(ct, pet)  # type: ignore[misc]
     start = centre - (size - 1) * spacing / 2
+    if cfg.inside_scan:
+        last = hi - (size - 1) * spacing  # the highest start that keeps the box inside
+        start = np.where(last >= lo, np.clip(start, lo, np.maximum(last, lo)), start)
     origin = lo + np.round((start - lo) / spacing) * spacing
     grid = Geometry(
         tuple(int(v) for v in size),  # type: ignore[arg-type]

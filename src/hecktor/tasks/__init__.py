@@ -51,7 +51,7 @@ RFS = _in_package(
     upstream=("seg", "hpv"),
     outputs={"RFS_risk": "standardised log-hazard: higher = earlier relapse"},
     modes="modes",
-    evaluation_only=frozenset({"bootstrap"}),
+    evaluation_only=frozenset({"bootstrap", "chain"}),
     inputs="hecktor.derive:derive_rfs_inputs",
 )
 

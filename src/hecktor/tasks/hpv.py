@@ -212,17 +212,18 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
         state = bundle.weights(member, device)
         encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
         plan = plan_of(state) or seg_plan(seg_cfg, spacing, shape)
-        members.append((restored(hpv_network(cfg, plan, encoder), state, device), encoder))
+        model = restored(hpv_network(cfg, plan, encoder), state, device)
+        members.append((member["fold"], model, encoder))
 
     def predict(inputs: PatientInputs) -> Outcome:
         steps = {"device": device, "autocast": autocast}
-        logits = [
-            hpv_logit(model, hpv_features(model, inputs.image, **steps),
-                      encoder.transform(inputs.clinical)[0], **steps)
-            for model, encoder in members
-        ]  # fmt: skip
-        logit = float(np.mean(logits))
+        logits = {
+            fold: hpv_logit(model, hpv_features(model, inputs.image, **steps),
+                            encoder.transform(inputs.clinical)[0], **steps)
+            for fold, model, encoder in members
+        }  # fmt: skip
+        logit = float(np.mean(list(logits.values())))
         return Outcome({"HPV_probability": 1.0 / (1.0 + math.exp(-logit)),
-                        "HPV_status": int(logit > 0)})  # fmt: skip
+                        "HPV_status": int(logit > 0)}, members=logits)  # fmt: skip
 
     return predict

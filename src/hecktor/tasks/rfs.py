@@ -25,6 +25,12 @@ from hecktor.prediction import lesion_box, rfs_risk, survival_input
 from hecktor.tasks import task_folds
 from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
 
+# the Task 3 fold whose HPV status the paper's chain uses, in the folder of Task 2's inputs
+SINGLE_FOLD = "single_fold.json"
+# Task 2's inputs: true masks and HPV; predicted masks and HPV (out of fold, else the Task 3
+# ensemble's); predicted masks with HPV from one Task 3 fold model (the paper's submission)
+INPUTS = ("gt", "pred", "pred_single")
+
 
 def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
     """Task 2's network for the clinical encoding a fold fitted."""
@@ -104,12 +110,11 @@ class RFSTask:
         self.cache: dict[tuple[str, str], np.ndarray] = {}  # (patient, inputs): input
 
     def frame(self, patients: Sequence[str], inputs: str) -> pd.DataFrame:
-        """Clinical rows; with predicted inputs, HPV status is Task 3's call."""
+        """Clinical rows; with predicted inputs, HPV status is Task 3's call (see :data:`INPUTS`)."""
         frame = self.table.loc[list(patients)].copy()
-        if inputs == "pred":
-            frame["HPV Status"] = (
-                self.inputs.loc[list(patients), "hpv_pred"].astype(float).to_numpy()
-            )
+        if inputs != "gt":
+            column = "hpv_single_pred" if inputs == "pred_single" else "hpv_pred"
+            frame["HPV Status"] = self.inputs.loc[list(patients), column].astype(float).to_numpy()
         return frame
 
     def mask(self, patient: str, inputs: str) -> np.ndarray:
@@ -123,11 +128,11 @@ class RFSTask:
         """(4, Z, Y, X): CT, PET, GTVp mask, GTVn mask, on ``rfs``'s input grid; only the box
         around the lesions is read (``rfs.input_box_mm``), and kept in memory (float16) while
         ``rfs.cache_gb`` allows."""
-        key = (patient, inputs)
+        key = (patient, "gt" if inputs == "gt" else "pred")  # HPV is not in the image
         if key in self.cache:
             return self.cache[key].astype(np.float32)
         case = StoredCase(self.prepared / patient)
-        found = rfs_input(self.cfg, self.mask(patient, inputs), self.spacing,
+        found = rfs_input(self.cfg, self.mask(patient, key[1]), self.spacing,
                           lambda box: case.read(box, np.float16)[0])  # fmt: skip
         kept = sum(a.nbytes for a in self.cache.values()) + found.nbytes // 2
         if kept <= self.cfg.cache_gb * 1e9:
@@ -179,12 +184,11 @@ class RFSTask:
             for i, p in enumerate(patients)
         ])  # fmt: skip
 
-    def risk_scale(
-        self, model: nn.Module, train_ids: Sequence[str], device: torch.device, autocast
-    ) -> tuple[float, float]:
+    def risk_scale(self, model: nn.Module, train_ids: Sequence[str], device: torch.device,
+                   autocast, inputs: str = "pred") -> tuple[float, float]:  # fmt: skip
         """Mean and spread of a fold model's risks on its training patients: its risk scale (the
         Cox loss fixes risks only up to a shift, so folds are compared after standardising)."""
-        reference = self.risks(model, train_ids, device, autocast)
+        reference = self.risks(model, train_ids, device, autocast, inputs)
         std = float(reference.std())
         return float(reference.mean()), std if std > 0 else 1.0
 
@@ -207,17 +211,26 @@ def build(cfg: Config, mode: str | None = None) -> RFSTask:
 
 
 def registered_mode(cfg: Config) -> str:
-    """The mode whose folds are registered: predicted inputs (what a new patient has) if trained."""
+    """The mode whose folds are registered: true inputs for the paper's chain; otherwise predicted
+    inputs (what a new patient has) if trained."""
+    if cfg.rfs.chain == "paper":
+        return "gt"
     return "pred" if "pred" in cfg.rfs.modes else cfg.rfs.modes[0]
 
 
 def bundle(cfg: Config, result: dict) -> BundleContent:
-    """The fold ensemble trained on predicted inputs (what a new patient has), with the mean and
-    spread of each fold's risks on its training patients, by which fold risks are standardised
-    before they are averaged (as in cross-validation)."""
+    """The chain ``rfs.chain`` names: the fold ensemble (trained on predicted inputs, what a new
+    patient has) or the paper's (its best fold trained on true inputs, HPV from one Task 3 fold),
+    with the mean and spread of each member's risks on its training patients, by which its risks
+    are standardised before they are averaged (as in cross-validation)."""
     mode = registered_mode(cfg)
     folds = task_folds(cfg, "rfs")[0]
     files = kfold_checkpoints(Path(cfg.paths.models) / "rfs", folds, f"{mode}-")
+    chain = result["chains"][cfg.rfs.chain]
+    extra = {"mode": mode, "chain": cfg.rfs.chain}
+    if cfg.rfs.chain == "paper":
+        files = {chain["fold"]: files[chain["fold"]]}
+        extra["hpv_fold"] = chain["hpv_fold"]
     task = RFSTask(cfg.rfs, cfg.paths.prepared, rfs_inputs_dir(cfg), mode)
     device = resolve_device(cfg.rfs.train.device)
     autocast = autocast_for(precision_for(cfg.rfs.train.precision, device), device)
@@ -227,20 +240,21 @@ def bundle(cfg: Config, result: dict) -> BundleContent:
         model = model_from(task, load_checkpoint(path, device), device)  # the file bundled
         mean, std = task.risk_scale(model, train_of[name], device, autocast)
         members.append({"file": f"{name}.pt", "fold": name, "risk_mean": mean, "risk_std": std})
-    network = result["network"][mode]
     return BundleContent(
         members=members,
         files={f"{name}.pt": path for name, path in files.items()},
-        metrics={"cv": network["cv"], "test_ensemble": network.get("test_ensemble"),
+        metrics={"cv": result["network"][mode]["cv"], "chain": chain,
                  "baseline_clinical_cv": result["baseline_clinical"]["cv"]},
-        extra={"mode": mode},
+        extra=extra,
     )  # fmt: skip
 
 
 def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
-    """Each fold's standardised risk from the images, the predicted masks and the clinical row
-    with Task 3's HPV status (as in training on predicted inputs); their mean."""
+    """Each member's standardised risk from the images, the predicted masks and the clinical row
+    with Task 3's HPV status (the ensemble's, or in the paper's chain one Task 3 fold's); their
+    mean."""
     cfg: RfsConfig = bundle.settings("rfs")
+    hpv_fold = bundle.manifest.get("hpv_fold")
     spacing, _ = grid_of(bundle.manifest["prepared"])
     members = []
     for member in bundle.members:
@@ -252,7 +266,13 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
     def predict(inputs: PatientInputs) -> Outcome:
         image = rfs_input(cfg, inputs.upstream["seg"].labels, spacing,
                           lambda box: inputs.image[(slice(None), *box)])  # fmt: skip
-        status = float(inputs.upstream["hpv"].columns["HPV_status"])
+        hpv = inputs.upstream["hpv"]
+        status = float(hpv.columns["HPV_status"])
+        if hpv_fold is not None:
+            if hpv_fold not in hpv.members:
+                raise ValueError(f"the Task 2 model takes HPV status from Task 3 fold {hpv_fold}; "
+                                 f"the Task 3 model has {', '.join(hpv.members) or 'no folds'}")  # fmt: skip
+            status = float(hpv.members[hpv_fold] > 0)
         clinical = inputs.clinical.assign(**{"HPV Status": status})
         risks = [
             (rfs_risk(model, image, encoder.transform(clinical)[0], device=device,

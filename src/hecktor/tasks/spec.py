@@ -46,6 +46,7 @@ class Outcome:
 
     columns: dict[str, float | int] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    members: dict[str, float] = field(default_factory=dict)  # each member model's value, by fold
 
 
 @dataclass(frozen=True)
