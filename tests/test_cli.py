@@ -1,4 +1,5 @@
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import yaml
 
 from hecktor.cli import build_parser, main
 from hecktor.config import load_config, tuned_for
+from hecktor.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -151,3 +153,48 @@ def test_config_shows_what_a_stage_trains_with_and_where_each_value_comes_from(
     # a command that trains with it refuses it under another profile, naming file and difference
     assert main(["train", "seg", "--profile", "paper", "--no-track"]) == 2
     assert "tuned/seg.yaml: tuned for profile demo, not paper" in caplog.text
+
+
+def test_exit_codes_tell_a_crash_from_bad_input(tmp_path, monkeypatch, caplog):
+    """0 done, 1 crashed (traceback under -v), 2 bad input or config; 3 is predict's (test_batch)."""
+    import hecktor.cli as cli
+
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+
+    def crash(args, cfg):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_validate", crash)
+    assert main(["validate", *params, "--release", str(tmp_path)]) == 1
+    assert "crashed: RuntimeError: a bug (run again with -v" in caplog.text
+    assert "Traceback" not in caplog.text
+    caplog.clear()
+    assert main(["validate", *params, "--release", str(tmp_path), "-v"]) == 1
+    assert "Traceback" in caplog.text and 'raise RuntimeError("a bug")' in caplog.text
+
+    def bad(args, cfg):
+        raise UserError("patient X: file Y is broken")
+
+    monkeypatch.setattr(cli, "_validate", bad)
+    caplog.clear()
+    assert main(["validate", *params, "--release", str(tmp_path)]) == 2
+    assert "patient X: file Y is broken" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_relative_paths_are_the_params_files_and_tracking_uri_wins(tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["config", "--params", str(project / "params.yaml")]) == 0
+    paths = yaml.safe_load(capsys.readouterr().out)["paths"]
+    assert paths["mlruns"] == str(project / "mlruns") and paths["tuned"] == str(project / "tuned")
+    monkeypatch.chdir(project)  # from the project folder (the DVC stages): as written
+    assert load_config("params.yaml").paths.mlruns == Path("mlruns")
+
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["config", "--params", str(project / "params.yaml"), "--tracking-uri", uri]) == 0
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri

@@ -2,6 +2,9 @@
 
 import math
 
+import numpy as np
+
+from hecktor import reports
 from hecktor.reports import headline_row, headline_rows, pipeline_report
 
 TITLES = {"seg": "Task 1: segmentation", "hpv": "Task 3: HPV status"}
@@ -35,3 +38,40 @@ def test_the_pipeline_report_shows_each_task_under_its_title():
     assert "| Task 1: segmentation | hold-out score | 0.700 | 0.400 | n/a | network |" in page
     assert "| Task 3: HPV status | cv balanced accuracy | 0.600 |" in page
     assert "## Task 1" in page  # a task's own report nests one level down
+
+
+def test_the_summary_holds_each_headline_figure_beside_its_baseline_and_nothing_else():
+    row = reports.headline_row("hold-out GTVp_DSC", 0.7, 0.6, None, "network")
+    metrics = {"seg": {"headline": [row], "patients": {"a": {"GTVp_DSC": 1.0}}}, "hpv": None}
+    assert reports.summary(metrics) == {
+        "seg": {"hold-out GTVp_DSC": {"network": 0.7, "baseline": 0.6}}
+    }
+
+
+def test_the_mip_cases_run_from_the_best_to_the_worst():
+    dsc = {"a": 0.9, "b": 0.1, "c": 0.5, "d": float("nan"), "e": 0.7, "f": 0.3}
+    assert reports.spread(dsc, 3) == [("a", "best"), ("c", "median"), ("b", "worst")]
+    assert reports.spread(dsc, 2) == [("a", "best"), ("b", "worst")]
+    assert reports.spread({"a": 0.5}, 3) == [("a", "best")]
+    assert reports.spread(dsc, 0) == [] and reports.spread({"d": float("nan")}, 3) == []
+
+
+def test_training_curves_show_the_loss_and_each_validation_metric():
+    assert reports.curve_columns(["fold", "epoch", "train_loss", "skipped_steps", "val_auc",
+                                  "val_balanced_accuracy", "val_score"]) == [
+        "train_loss", "val_auc", "val_balanced_accuracy"]  # fmt: skip
+    assert reports.curve_columns(["fold", "epoch", "train_loss", "val_score"]) == [
+        "train_loss", "val_score"]  # fmt: skip
+
+
+def test_roc_and_confusion_figures_carry_their_numbers():
+    truth = np.array([0, 0, 1, 1, 1, 0])
+    score = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
+    figure = reports.roc_figure(
+        {"network, CV": (truth, score), "one class": (np.ones(3), np.arange(3.0))}
+    )
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["network, CV (AUC 0.889)"]  # the one-class set has no curve
+    matrix = {"true_positive": 8, "false_negative": 51, "false_positive": 0, "true_negative": 5}
+    figure = reports.confusion_figure({"cross-validation": matrix})
+    assert sorted(t.get_text() for t in figure.axes[0].texts) == ["0", "5", "51", "8"]

@@ -54,7 +54,8 @@ def test_data_version_from_dvc_lock(tmp_path):
     assert tracking.data_version("data/prepared", tmp_path / "none.lock") == "unknown"
 
 
-def test_run_tags():
+def test_run_tags(monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     tags = tracking.run_tags(Config(), split="kfold")
     assert set(tags) == {
         "git_commit",
@@ -65,3 +66,23 @@ def test_run_tags():
         "split",
     }
     assert tags["profile"] == "demo" and len(tags["config_digest"]) == 12
+
+
+def test_runs_of_a_dvc_experiment_carry_its_name(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    tags = tracking.run_tags(Config())
+    assert tags["dvc_experiment"] == "lr-sweep-1" and tags["dvc_baseline_rev"] == "abc123"
+
+
+def test_a_queued_dvc_experiment_logs_to_the_projects_store(monkeypatch, tmp_path):
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    assert (
+        tracking.tracking_uri("mlruns")
+        == f"sqlite:///{tmp_path / 'project' / 'mlruns' / 'mlflow.db'}"
+    )
+    assert (
+        tracking.tracking_uri(tmp_path / "elsewhere")
+        == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    )

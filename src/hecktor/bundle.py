@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from hecktor import io
 from hecktor.checkpoints import load_checkpoint
 from hecktor.config import Config
+from hecktor.errors import UserError
 from hecktor.fingerprints import files_digest
 
 MANIFEST = "bundle.json"
@@ -60,16 +61,16 @@ def load_bundle(root: Path | str) -> Bundle:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{root}: not a model bundle (no {MANIFEST})")
+        raise UserError(f"{root}: not a model bundle (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise UserError(f"{path}: not valid JSON ({err})") from None
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
+        raise UserError(f"{path}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
     for member in manifest.get("members", []):
         if not (root / member["file"]).is_file():
-            raise ValueError(f"{root / member['file']}: weights file missing")
+            raise UserError(f"{root / member['file']}: weights file missing")
     return Bundle(root, manifest)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hecktor import io
+from hecktor.errors import UserError
 
 
 class Buildable(Protocol):
@@ -65,7 +66,7 @@ def trained_checkpoint(folder: Path | str) -> Path:
         final = None
     if not final or not (folder / final["weights"]).is_file():
         # a ValueError: the command line reports it as one line, like any other unusable input
-        raise ValueError(f"{folder}: no finished training; run `hecktor train` first")
+        raise UserError(f"{folder}: no finished training; run `hecktor train` first")
     return folder / final["weights"]
 
 
@@ -128,5 +129,5 @@ def kfold_checkpoints(
         if kind == "kfold"
     }
     if not files:
-        raise ValueError(f"{task_root}: no k-fold models to bundle")
+        raise UserError(f"{task_root}: no k-fold models to bundle")
     return files

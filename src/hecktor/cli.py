@@ -1,7 +1,9 @@
 """The ``hecktor`` command: one verb per pipeline stage, each a thin call into the package.
 
-Values come from ``params.yaml`` (resolved for the chosen profile); options given on the command
-line win. Bad input ends with one message naming each patient and file at fault and exit code 2.
+Values come from ``params.yaml`` (resolved for the chosen profile; its relative paths are relative
+to its folder); options given on the command line win. Exit codes (:mod:`hecktor.errors`): 0 done,
+1 crashed (the traceback under ``-v``), 2 bad input or configuration (one message naming each
+patient and file at fault), 3 ``predict`` could not predict some patients.
 The task verbs take their choices from :data:`hecktor.tasks.TASKS`. Each verb imports the modules
 it runs when it runs, so that ``hecktor --help`` or ``validate`` never load torch, MLflow or Optuna.
 """
@@ -31,7 +33,7 @@ from hecktor.config import (
     tuned_difference,
     tuned_file,
 )
-from hecktor.data.layout import InputError
+from hecktor.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_OK, EXIT_PATIENTS_FAILED, UserError
 from hecktor.tasks import TASKS, lineage, spec_of
 from hecktor.tasks.spec import resolve
 
@@ -47,7 +49,10 @@ def _common(defaults: bool = True) -> argparse.ArgumentParser:
                         **({"default": "params.yaml"} | keep))  # fmt: skip
     common.add_argument("--profile", choices=list(get_args(Profile)),
                         help="scale profile (default: from params)", **keep)  # fmt: skip
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging", **keep)
+    common.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                        "else the SQLite store under paths.mlruns)", **keep)  # fmt: skip
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of any error", **keep)  # fmt: skip
     return common
 
 
@@ -196,19 +201,19 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
                 bundles, args.input or "/input", args.output or "/output", args.device
             )
             log.info("wrote %s", ", ".join(map(str, written)))
-            return 0
+            return EXIT_OK
         if not args.input or not args.output:
-            raise ValueError("predict: --input and --output are required (or --container)")
+            raise UserError("predict: --input and --output are required (or --container)")
         if args.clinical and args.no_clinical:
-            raise ValueError("predict: give --clinical or --no-clinical, not both")
+            raise UserError("predict: give --clinical or --no-clinical, not both")
         manifest = predict_folder(
             bundles, args.input, args.output, args.clinical, args.device, args.no_clinical
         )
     if manifest["failed"]:
         log.error("%d patient(s) failed: %s", len(manifest["failed"]),
                   ", ".join(f["PatientID"] for f in manifest["failed"]))  # fmt: skip
-        return 1
-    return 0
+        return EXIT_PATIENTS_FAILED
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace, cfg: Config) -> None:
@@ -394,7 +399,7 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
                          "(Task 3), RFS risk (Task 2). Input: a release-layout folder or a folder of <PID>/ "
                          "subfolders with CT and PET. Output: <PID>.nii.gz masks on the CT grid, predictions.csv, "
                          "manifest.json. Reruns skip finished patients; broken patients are reported and skipped "
-                         "(exit code 1). --container: the challenge container's one-patient I/O.")  # fmt: skip
+                         "(exit code 3). --container: the challenge container's one-patient I/O.")  # fmt: skip
     p.add_argument("--input", help="input folder (--container: default /input)")
     p.add_argument("--output", help="output folder (--container: default /output)")
     p.add_argument("--clinical", help="clinical CSV: PatientID and any of the official clinical "
@@ -458,14 +463,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri  # what MLflow and our store read
     try:
         cfg = _config(args)
         cfg = apply_tuned(cfg, *_tuned_scope(args))
         code = args.func(args, cfg)
-    except (InputError, ConfigError, ValueError) as err:
+    except UserError as err:
         log.error("%s", err)
-        return 2
-    return int(code or 0)
+        log.debug("raised here:", exc_info=True)
+        return EXIT_BAD_INPUT
+    except Exception as err:  # a crash: a bug, or the machine failing
+        if args.verbose:
+            log.exception("crashed")
+        else:
+            log.error(
+                "crashed: %s: %s (run again with -v for the traceback)", type(err).__name__, err
+            )
+        return EXIT_CRASH
+    return int(code or EXIT_OK)
 
 
 if __name__ == "__main__":

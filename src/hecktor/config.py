@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from hecktor import planning
+from hecktor.errors import UserError
 from hecktor.fingerprints import json_digest
 
 Profile = Literal["tiny", "demo", "paper", "paper_tuned"]
@@ -33,7 +34,7 @@ EXECUTION_ONLY = frozenset({"train.num_workers", "train.device", "augment.where"
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A params file that cannot be used; the message names the offending key."""
 
 
@@ -161,7 +162,7 @@ class SegConfig(_Section):
     sw_overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     baseline_suv: float = Field(2.5, gt=0)
-    figure_cases: int = Field(4, ge=0)
+    figure_cases: int = Field(3, ge=0)  # MIP rows: best to worst case by GTVp DSC
     train: TrainConfig = TrainConfig(epochs=500, batch_size=2, lr=1e-4, swa_epochs=50)
 
 
@@ -411,7 +412,17 @@ def load_config(path: Path | str = "params.yaml", profile: str | None = None) ->
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return resolve(raw, profile)
+    return rooted(resolve(raw, profile), path.parent)
+
+
+def rooted(cfg: Config, root: Path) -> Config:
+    """``cfg`` with its relative paths made relative to ``root`` (the params file's folder), so a
+    command run from elsewhere finds the project's data, models and MLflow store. From the
+    params file's own folder (the DVC stages), the paths stay as written."""
+    if Path(root).resolve() == Path.cwd().resolve():
+        return cfg
+    paths = {k: v if v.is_absolute() else Path(root) / v for k, v in cfg.paths}
+    return cfg.model_copy(update={"paths": Paths(**paths)})
 
 
 def profile_keys(path: Path | str, profile: str) -> list[str]:

@@ -21,12 +21,14 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from hecktor.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MARKER = ".hecktor-output"  # names the command whose output a folder is
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """An output path that must not be written: it holds what this tool did not create, or it
     overlaps an input."""
 

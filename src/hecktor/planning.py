@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hecktor.errors import UserError
+
 SEGRESNET_LEVELS = 4
 
 
@@ -52,7 +54,7 @@ def kernels_and_strides(
         return dynunet_plan(patch_size, spacing)
     if network == "segresnet":
         return segresnet_plan()
-    raise ValueError(f"seg.network {network!r}: expected dynunet or segresnet")
+    raise UserError(f"seg.network {network!r}: expected dynunet or segresnet")
 
 
 def divisor(strides: Sequence[Sequence[int]]) -> list[int]:

@@ -12,6 +12,7 @@ from hecktor import __version__
 from hecktor.bundle import FORMAT, write_bundle
 from hecktor.config import Config
 from hecktor.data.preprocess import load_summary
+from hecktor.errors import UserError
 from hecktor.fingerprints import prepared_digest, training_code
 from hecktor.tasks import TASKS, config_sections, spec_of
 from hecktor.tasks.spec import TaskSpec, resolve
@@ -20,7 +21,7 @@ from hecktor.tasks.spec import TaskSpec, resolve
 def _metrics(cfg: Config, spec: TaskSpec) -> dict:
     path = Path(cfg.paths.metrics) / f"{spec.name}.json"
     if not path.is_file():
-        raise ValueError(f"{path}: no metrics; run `hecktor crossval {spec.name}` first")
+        raise UserError(f"{path}: no metrics; run `hecktor crossval {spec.name}` first")
     return json.loads(path.read_text())
 
 

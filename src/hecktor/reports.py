@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,19 +12,33 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+from sklearn.metrics import roc_curve
 
-from hecktor import io
+from hecktor import io, metrics
 from hecktor.config import Config, read_tuned, tuned_difference, tuned_file
 
 _LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.85), (1.0, 0.85, 0.0, 0.85)])
 
 
-def _mip(labels: np.ndarray, axis: int) -> np.ndarray:
+def label_mip(labels: np.ndarray, axis: int = 1) -> np.ndarray:
     """Label MIP that shows GTVp over GTVn where both project onto one pixel."""
     gtvn = (labels == 2).any(axis=axis) * 2
     gtvp = (labels == 1).any(axis=axis)
     return np.where(gtvp, 1, gtvn)
+
+
+def spread(values: dict[str, float], count: int) -> list[tuple[str, str]]:
+    """``count`` keys from the highest value to the lowest, evenly apart (3: best, median, worst),
+    each with its place; keys whose value is undefined are left out."""
+    ranked = sorted((k for k, v in values.items() if v == v), key=lambda k: (-values[k], k))
+    if not ranked or count <= 0:
+        return []
+    picks = sorted({round(i) for i in np.linspace(0, len(ranked) - 1, min(count, len(ranked)))})
+    names = {(len(ranked) - 1) // 2: "median", len(ranked) - 1: "worst", 0: "best"}
+    return [(ranked[i], names.get(i, f"rank {i + 1} of {len(ranked)}")) for i in picks]
 
 
 def mip_figure(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]):
@@ -31,31 +46,89 @@ def mip_figure(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]):
     in the release's units (SUV where the release is in SUV) shown as the paper's: centre 3,
     window 7.
 
-    Each case is (patient, pet (Z, Y, X), prediction, truth). GTVp green, GTVn yellow.
+    Each case is (title, PET MIP, prediction label MIP, truth label MIP), the MIPs along y
+    (:func:`label_mip` for the labels). GTVp green, GTVn yellow.
     """
     rows = max(len(cases), 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
-    for row, (patient, pet, pred, truth) in enumerate(cases):
-        pet_mip = pet.max(axis=1)
-        for col, (title, labels) in enumerate(
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows + 0.4), squeeze=False)
+    for row, (title, pet_mip, pred, truth) in enumerate(cases):
+        for col, (what, labels) in enumerate(
             (("PET", None), ("prediction", pred), ("truth", truth))
         ):
             ax = axes[row, col]
             ax.imshow(pet_mip, cmap="gray_r", origin="lower", vmin=-0.5, vmax=6.5)
             if labels is not None:
-                ax.imshow(
-                    _mip(labels, 1),
-                    cmap=_LABEL_COLOURS,
-                    origin="lower",
-                    vmin=0,
-                    vmax=2,
-                    interpolation="nearest",
-                )
+                ax.imshow(labels, cmap=_LABEL_COLOURS, origin="lower", vmin=0, vmax=2,
+                          interpolation="nearest")  # fmt: skip
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{patient}: {title}" if col == 0 else title, fontsize=8)
+            ax.set_title(f"{title}: {what}" if col == 0 else what, fontsize=8)
+    fig.legend(handles=[Patch(color=_LABEL_COLOURS(1), label="GTVp"),
+                        Patch(color=_LABEL_COLOURS(2), label="GTVn")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.4 / (2.6 * rows + 0.4), 1, 1))
+    return fig
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
+    """ROC curves, each labelled with its AUC: ``curves`` maps a label to (truth 0/1, score)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for label, (truth, score) in curves.items():
+        truth, score = np.asarray(truth, int), np.asarray(score, float)
+        if len(set(truth.tolist())) < 2:
+            continue  # one class only: no curve
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {metrics.auc(truth, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def confusion_figure(matrices: dict[str, dict[str, int]]):
+    """2 x 2 confusion matrices side by side, counts in the cells: ``matrices`` maps a title to
+    ``true_positive``, ``false_negative``, ``false_positive``, ``true_negative``."""
+    fig, axes = plt.subplots(1, max(len(matrices), 1), figsize=(3.2 * max(len(matrices), 1), 3),
+                             squeeze=False)  # fmt: skip
+    for ax, (title, m) in zip(axes[0], matrices.items(), strict=False):
+        cells = np.array([[m["true_negative"], m["false_positive"]],
+                          [m["false_negative"], m["true_positive"]]])  # fmt: skip
+        ax.imshow(cells, cmap="Blues", vmin=0)
+        for (i, j), count in np.ndenumerate(cells):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if count > cells.max() / 2 else "black")  # fmt: skip
+        ax.set_xticks([0, 1], ["predicted -", "predicted +"], fontsize=8)
+        ax.set_yticks([0, 1], ["HPV -", "HPV +"], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(history: pd.DataFrame, columns: Sequence[str], title: str):
+    """Training curves, one line per fold (``history``: the columns ``fold``, ``epoch`` and
+    ``columns``; rows without a value, such as epochs without validation, are skipped)."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        for fold, rows in history.groupby("fold", sort=False):
+            rows = rows.dropna(subset=[column])
+            ax.plot(rows["epoch"], rows[column], marker="." if len(rows) < 20 else None,
+                    label=str(fold))  # fmt: skip
+        ax.set_xlabel("epoch")
+        ax.set_title(column, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(figure, path: Path | str) -> Path:
+    """Write a figure as PNG atomically (a reader never sees half a file) and close it."""
+    with io.atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, dpi=90, format="png")
+    plt.close(figure)
+    return Path(path)
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3) -> str:
@@ -95,6 +168,16 @@ def headline_rows(metrics: dict[str, dict | None], titles: dict[str, str]) -> li
             rows += [{"task": title, **{k: nan if v is None else v for k, v in row.items()}}
                      for row in result.get("headline", [])]  # fmt: skip
     return rows
+
+
+def summary(metrics: dict[str, dict | None]) -> dict[str, dict]:
+    """The headline figures of every task, network beside baseline: the pipeline's one DVC metric
+    (``metrics/summary.json``), so that ``dvc metrics show`` and ``dvc exp show`` stay short."""
+    return {
+        task: {row["figure"]: {"network": row["network"], "baseline": row["baseline"]}
+               for row in result.get("headline", [])}
+        for task, result in metrics.items() if result
+    }  # fmt: skip
 
 
 def _demote(markdown: str) -> str:
@@ -141,7 +224,8 @@ def pipeline_report(
 
 def write_pipeline_report(cfg: Config, titles: dict[str, str]) -> Path:
     """Gather ``metrics/``, ``tuned/``, the task reports (``<task>.md``, then ``<task>_*.md``)
-    and figures into ``reports/index.md``; ``titles`` names the tasks, in report order."""
+    and figures into ``reports/index.md``, and the headline figures into
+    ``metrics/summary.json``; ``titles`` names the tasks, in report order."""
 
     def load(path: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
@@ -160,6 +244,34 @@ def write_pipeline_report(cfg: Config, titles: dict[str, str]) -> Path:
                 "study": None,
                 "why": f"{tuned_file(cfg, task)} not applied, {difference}",
             }
+    curves = {}
+    for task, title in titles.items():
+        history = Path(cfg.paths.plots) / task / "history.csv"
+        if history.is_file():
+            frame = pd.read_csv(history)
+            columns = curve_columns(list(frame.columns))
+            figure = curves_figure(frame, columns, f"{title}: training")
+            curves[task] = save_figure(figure, history.with_name("curves.png"))
     out = reports_dir / "index.md"
-    io.write_text(out, pipeline_report(metrics, sections, tuned, titles))
+    io.write_json(metrics_dir / "summary.json", summary(metrics))
+    text = pipeline_report(metrics, sections, tuned, titles)
+    if curves:
+        text += (
+            "\n## Training curves\n\n"
+            + "\n".join(
+                f"![{titles[t]}: training curves]({os.path.relpath(path, reports_dir)})"
+                for t, path in curves.items()
+            )
+            + "\n"
+        )
+    io.write_text(out, text)
     return out
+
+
+def curve_columns(columns: list[str]) -> list[str]:
+    """What a training history's figure shows: the loss and the validation metrics (the
+    selection score only where it is the one validation figure)."""
+    validation = [c for c in columns if c.startswith("val_")]
+    if len(validation) > 1:
+        validation = [c for c in validation if c != "val_score"]
+    return [c for c in ("train_loss", *validation) if c in columns]

@@ -32,15 +32,25 @@ ENV = "MLFLOW_TRACKING_URI"
 log = logging.getLogger(__name__)
 
 
+def store_path(mlruns: Path | str) -> Path:
+    """The MLflow store's folder. ``dvc exp run --queue`` runs the stages in a temporary copy of
+    the project and names the project in ``$DVC_ROOT``: a relative store stays the project's, so
+    the experiment's runs are not lost with the copy."""
+    path = Path(mlruns)
+    if not path.is_absolute() and os.environ.get("DVC_ROOT"):
+        path = Path(os.environ["DVC_ROOT"]) / path
+    return path.resolve()
+
+
 def tracking_uri(mlruns: Path | str) -> str:
-    """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else SQLite in ``mlruns``."""
+    """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else SQLite in the store's folder."""
     if os.environ.get(ENV):
         return os.environ[ENV]
-    return f"sqlite:///{Path(mlruns).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{store_path(mlruns) / 'mlflow.db'}"
 
 
 def artifact_location(mlruns: Path | str) -> str:
-    return (Path(mlruns).resolve() / "artifacts").as_uri()
+    return (store_path(mlruns) / "artifacts").as_uri()
 
 
 def experiment(name: str, mlruns: Path | str) -> str:
@@ -89,7 +99,8 @@ def data_version(path: Path | str, lock: Path | str = "dvc.lock") -> str:
 
 def run_tags(cfg: Config, split: str | None = None) -> dict[str, str]:
     """Tags on every run: code, data (the package's digest, as bundles carry it, and DVC's md5 of
-    the prepared folder), profile, config digest and split."""
+    the prepared folder), profile, config digest and split; under ``dvc exp run``, the DVC
+    experiment's name and baseline commit, so a run in the MLflow UI leads to its experiment."""
     tags = {
         "git_commit": git_commit(),
         "data_digest": prepared_digest(cfg.paths.prepared),
@@ -99,6 +110,9 @@ def run_tags(cfg: Config, split: str | None = None) -> dict[str, str]:
     }
     if split:
         tags["split"] = split
+    if os.environ.get("DVC_EXP_NAME"):  # set by DVC for the stages of an experiment
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+        tags["dvc_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
     return tags
 
 

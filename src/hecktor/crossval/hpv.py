@@ -160,6 +160,23 @@ def _write_curves(plots: Path, task: HPVTask, oof: pd.DataFrame, test: pd.DataFr
     )
 
 
+def _roc_inputs(task: HPVTask, oof: pd.DataFrame, test: pd.DataFrame, base_oof: pd.DataFrame,
+                base_test: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """(truth, score) of the network and the baseline, pooled out of fold and on the test set
+    (the fold ensemble's mean logit)."""
+    curves = {}
+    for model, folds, tested in (
+        ("network", oof, test),
+        ("clinical baseline", base_oof, base_test),
+    ):
+        kfold = folds[folds["kind"] == "kfold"]
+        curves[f"{model}, CV"] = (task.labels(kfold["PatientID"]), kfold["logit"].to_numpy())
+        if len(tested):
+            wide = tested.pivot(index="PatientID", columns="fold", values="logit")
+            curves[f"{model}, test"] = (task.labels(wide.index), wide.mean(axis=1).to_numpy())
+    return curves
+
+
 def _confusion(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     truth, pred = truth.astype(int), pred.astype(int)
     return {
@@ -183,7 +200,8 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     ):  # the baseline is cheap: always show LOCO
         splits = load_splits(cfg.paths.splits)
         base_folds += [(n, "loco", t, v) for n, t, v in folds_of(splits, "task3", "loco")]
-    base = summarise(task, *baseline_logits(task, base_folds, test))
+    base_oof, base_test = baseline_logits(task, base_folds, test)
+    base = summarise(task, base_oof, base_test)
     cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
     headline = "test_ensemble" if "test_ensemble" in net else "cv"
     winner = {}
@@ -209,6 +227,12 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     plots = Path(cfg.paths.plots) / "hpv"
     plots.mkdir(parents=True, exist_ok=True)
     _write_curves(plots, task, oof, tested)
+    reports.save_figure(reports.roc_figure(_roc_inputs(task, oof, tested, base_oof, base_test)),
+                        plots / "roc.png")  # fmt: skip
+    matrices = {"cross-validation": net["confusion_cv"]}
+    if "confusion_test_ensemble" in net:
+        matrices["test (ensemble)"] = net["confusion_test_ensemble"]
+    reports.save_figure(reports.confusion_figure(matrices), plots / "confusion.png")
     io.write_json(Path(cfg.paths.metrics) / "hpv.json", result)
     io.write_text(Path(cfg.paths.reports) / "hpv.md", render_report(result))
     if track:
@@ -310,7 +334,27 @@ def render_report(result: dict) -> str:
             centre_rows, ["centre", "network BA", "baseline BA", "patients", "HPV-negative"]
         ),
         "",
-        f"Confusion (CV, network): {net['confusion_cv']}",
+        "## Confusion (network, logit > 0)",
+        "",
+        reports.markdown_table(
+            [
+                {
+                    "": name,
+                    "HPV+ called +": m["true_positive"],
+                    "HPV+ called -": m["false_negative"],
+                    "HPV- called +": m["false_positive"],
+                    "HPV- called -": m["true_negative"],
+                }
+                for name, m in (
+                    ("cross-validation", net["confusion_cv"]),
+                    ("test (ensemble)", net.get("confusion_test_ensemble")),
+                )
+                if m
+            ],
+            ["", "HPV+ called +", "HPV+ called -", "HPV- called +", "HPV- called -"],
+        ),
+        "",
+        "![ROC curves](../plots/hpv/roc.png) ![Confusion matrices](../plots/hpv/confusion.png)",
         "",
     ]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.plotting import add_at_risk_counts
 from lifelines.statistics import logrank_test
 from scipy import ndimage
 
@@ -222,12 +223,14 @@ def km_figure(task: RFSTask, patients, risk, title: str):
         if high.any() and (~high).any()
         else float("nan")
     )
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    fitters = []
     for mask, label in ((~high, "low risk"), (high, "high risk")):
         if mask.any():
-            KaplanMeierFitter().fit(
-                time[mask], event[mask], label=f"{label} (n={mask.sum()})"
-            ).plot_survival_function(ax=ax)
+            fitters.append(KaplanMeierFitter().fit(time[mask], event[mask], label=label))
+            fitters[-1].plot_survival_function(ax=ax)
+    if fitters:
+        add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk", "Events"])
     ax.set_xlabel("days")
     ax.set_ylabel("recurrence-free survival")
     ax.set_title(f"{title}\nlog-rank p = {p_value:.3g}", fontsize=9)
@@ -417,7 +420,13 @@ def render_report(result: dict, modes) -> str:
         "",
         "Harrell's C-index [bootstrap 95 % interval]; every model here is evaluated on predicted masks and HPV. "
         "CV pools every fold's validation patients; the test set is the patients no fold trained on.",
-        f"Inputs: {result['inputs']}",
+        "Where each patient's predicted inputs come from (patients):",
+        "",
+        reports.markdown_table(
+            [{"input": name, **counts} for name, counts in
+             (("mask (Task 1)", result["inputs"]["seg_source"]), ("HPV (Task 3)", result["inputs"]["hpv_source"]))],
+            ["input", *dict.fromkeys(k for c in result["inputs"].values() for k in c)],
+        ),
         "",
         reports.markdown_table(rows, ["model", "CV", "LOCO", "test, best fold", "test, ensemble"]),
         "",

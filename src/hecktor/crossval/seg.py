@@ -8,6 +8,7 @@ code as ``hecktor evaluate seg``, against the release's labels.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from hecktor.data import layout
 from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
+from hecktor.errors import UserError
 from hecktor.prediction import remove_small_lesions
 from hecktor.tasks.seg import SegmentationTask
 
@@ -57,7 +59,7 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
     labels = {c.patient: c.label for c in release.cases.get(1, [])}
     device = resolve_device(seg.train.device)
     autocast = autocast_for(precision_for(seg.train.precision, device), device)
-    figure_cases: list[tuple] = []
+    projections: dict[str, tuple] = {}  # what the figure may show of each patient: small MIPs
     for name, _, val_ids in folds:
         models = {}
         for variant in ("best", "swa"):
@@ -65,7 +67,7 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
             if path.is_file():
                 models[variant] = model_from(task, load_checkpoint(path, device), device)
         if "best" not in models:
-            raise ValueError(f"{model_root / name}: no trained model; run `hecktor train seg`")
+            raise UserError(f"{model_root / name}: no trained model; run `hecktor train seg`")
         for patient in val_ids:
             case = load_prepared(cfg.paths.prepared, patient)
             suv = np.asarray(case.image[1]) * case.meta["pet_std"] + case.meta["pet_mean"]
@@ -76,14 +78,15 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
                 _write_mask(pred_root / variant / f"{patient}.nii.gz", raw, case.meta)
                 _write_mask(pred_root / f"{variant}_pp" / f"{patient}.nii.gz", cleaned, case.meta)
                 shown = variant == "swa" or "swa" not in models
-                if shown and len(figure_cases) < seg.figure_cases:
-                    figure_cases.append((patient, suv, cleaned, np.asarray(case.label)))
+                if shown:
+                    projections[patient] = (suv.max(axis=1), reports.label_mip(cleaned),
+                                            reports.label_mip(np.asarray(case.label)))  # fmt: skip
             base = baselines.pet_threshold(
                 suv, task.voxel_mm3, seg.baseline_suv, seg.min_lesion_mm3
             )
             _write_mask(pred_root / "baseline" / f"{patient}.nii.gz", base, case.meta)
         del models
-    return figure_cases
+    return projections
 
 
 def _score(pred_root: Path, network: str) -> dict:
@@ -147,6 +150,9 @@ def render_report(result: dict, seg: SegConfig) -> str:
         "",
         reports.markdown_table(against, ["metric", "network", "baseline", "winner"]),
         "",
+        f"Maximum intensity projections of PET, prediction ({network}) and truth: the best, median and "
+        "worst validation cases by GTVp DSC.",
+        "",
         "![MIPs of PET, prediction and truth](../plots/seg/mip.png)",
         "",
     ]
@@ -160,13 +166,19 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     model_root = Path(cfg.paths.models) / "seg"
     pred_root = Path(cfg.paths.predictions) / "seg"
     with io.atomic_dir(pred_root, "crossval seg") as tmp:
-        figure_cases = _predict(cfg, folds, tmp)
+        projections = _predict(cfg, folds, tmp)
     # the registered variant: the folds' final weights (as training recorded them), post-processed
     finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
     result = _score(pred_root, "swa_pp" if finals == {"swa"} else "best_pp")
     result = common_keys(result, seg.split) | result
     io.write_json(Path(cfg.paths.metrics) / "seg.json", result)
-    figure = reports.mip_figure(figure_cases)
+    patients = json.loads((pred_root / result["chosen"] / "metrics.json").read_text())["patients"]
+    dsc = {p: v["GTVp_DSC"] for p, v in patients.items() if p in projections}
+    shown = reports.spread(
+        {p: np.nan if v is None else v for p, v in dsc.items()}, seg.figure_cases
+    )
+    figure = reports.mip_figure([(f"{p} ({place}, GTVp DSC {dsc[p]:.2f})", *projections[p])
+                                 for p, place in shown])  # fmt: skip
     plots = Path(cfg.paths.plots) / "seg"
     plots.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(plots / "mip.png") as tmp_png:

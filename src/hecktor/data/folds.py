@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hecktor.errors import UserError
+
 
 def load_splits(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
@@ -18,7 +20,7 @@ def folds_of(
     entry = splits[key]
     if split == "holdout":
         if "holdout" not in entry:
-            raise ValueError(f"{key}: the splits file has no hold-out")
+            raise UserError(f"{key}: the splits file has no hold-out")
         folds = [("holdout", entry["holdout"]["train"], entry["holdout"]["val"])]
     elif split == "kfold":
         folds = [(f"fold-{i}", f["train"], f["val"]) for i, f in enumerate(entry.get("kfold", []))]
@@ -27,5 +29,5 @@ def folds_of(
     if only is not None:
         folds = [f for i, f in enumerate(folds) if i in only]
     if not folds:
-        raise ValueError(f"{key}: split {split!r} has no folds")
+        raise UserError(f"{key}: split {split!r} has no folds")
     return folds

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from hecktor import io
+from hecktor.errors import UserError
 
 TASKS = (1, 2, 3)
 TASK_DIR = {1: "Task 1", 2: "Task 2", 3: "Task 3"}
@@ -61,7 +62,7 @@ class Problem:
         return f"{self.patient}: {self.file}: {self.message}"
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Input that cannot be used; carries every problem found."""
 
     def __init__(self, problems: Sequence[Problem]):

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from hecktor.config import AugmentConfig, HpvConfig, SegConfig
 from hecktor.data.preprocess import WHOLE, Foreground, StoredCase
 from hecktor.devices import resolve_device
+from hecktor.errors import UserError
 
 set_track_meta(False)  # plain tensors: MetaTensor bookkeeping slows the loop and is not needed
 
@@ -144,7 +145,7 @@ class PreparedDataset(Dataset):
         patient = self.patients[index]
         case = StoredCase(self.root / patient)
         if not case.has_label and not self.allow_unlabelled:
-            raise ValueError(f"{patient}: no label in {self.root / patient}")
+            raise UserError(f"{patient}: no label in {self.root / patient}")
         item: dict = {"case": case, "patient": patient, "has_label": case.has_label}
         if self.transform is not None:
             item = self.transform(item)
@@ -285,11 +286,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
         rank: int = 0, world: int = 1,
     ) -> None:  # fmt: skip
         if not 0 < positives < batch_size:
-            raise ValueError(f"positives per batch must be in 1..{batch_size - 1}, got {positives}")
+            raise UserError(f"positives per batch must be in 1..{batch_size - 1}, got {positives}")
         self.pos = [i for i, y in enumerate(labels) if int(y) == 1]
         self.neg = [i for i, y in enumerate(labels) if int(y) == 0]
         if not self.pos or not self.neg:
-            raise ValueError(
+            raise UserError(
                 f"both classes are needed: {len(self.pos)} positive, {len(self.neg)} negative"
             )
         self.per_batch = {1: positives, 0: batch_size - positives}

@@ -30,6 +30,7 @@ from hecktor import io
 from hecktor.config import PrepareConfig
 from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem, RawCase
+from hecktor.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _resample(image: sitk.Image, grid: Geometry, interpolator: int, default: flo
 def _overlap_grid(ct: sitk.Image, pet: sitk.Image, spacing: float) -> Geometry:
     box = layout.overlap_box(ct, pet)
     if box is None:
-        raise ValueError("CT and PET do not overlap")
+        raise UserError("CT and PET do not overlap")
     lo, hi = box
     size = tuple(int(v) for v in np.floor((hi - lo) / spacing) + 1)
     return Geometry(size, (spacing,) * 3, tuple(float(v) for v in lo))  # type: ignore[arg-type]
@@ -282,7 +283,7 @@ class StoredCase:
         self.folder = folder
         path = folder / IMAGE
         if not path.is_file():
-            raise ValueError(f"{path}: no prepared image; prepare the release again "
+            raise UserError(f"{path}: no prepared image; prepare the release again "
                              "(`hecktor prepare`, or `dvc repro prepare`)")  # fmt: skip
         self._image = blosc2.open(str(path), mode="r")
         self.has_label = (folder / LABEL).is_file()

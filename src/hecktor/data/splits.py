@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from hecktor import io
 from hecktor.config import SplitConfig
 from hecktor.data import preprocess
+from hecktor.errors import UserError
 
 Fold = dict[str, list[str]]
 
@@ -42,7 +43,7 @@ def kfold(
 ) -> list[Fold]:
     """Stratified k-fold; each patient is validated exactly once."""
     if len(patients) < folds:
-        raise ValueError(
+        raise UserError(
             f"split.folds: {folds} folds need at least {folds} patients, got {len(patients)}"
         )
     keys = strata(centres, labels, folds)

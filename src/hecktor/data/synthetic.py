@@ -36,6 +36,7 @@ from tqdm import tqdm
 from hecktor import io
 from hecktor.config import SynthConfig
 from hecktor.data.layout import TASK_CSV, TASK_DIR, case_paths
+from hecktor.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +599,7 @@ def synthesize(cfg: SynthConfig, out: Path | str, oracle: Path | str | None = No
     """
     unknown = [c for c in cfg.centres if c not in CENTRES]
     if unknown:
-        raise ValueError(f"synth.centres: unknown centre(s) {unknown}; known: {sorted(CENTRES)}")
+        raise UserError(f"synth.centres: unknown centre(s) {unknown}; known: {sorted(CENTRES)}")
     io.claim_dir(out, "synth")
     if oracle is not None:
         _claim_oracle(Path(oracle), Path(out))

@@ -25,6 +25,7 @@ from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import Geometry, preprocess, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
+from hecktor.errors import UserError
 from hecktor.fingerprints import file_sha256, json_digest
 from hecktor.inference.sources import Bundles
 from hecktor.tasks import TASKS
@@ -401,7 +402,7 @@ def predict_container(
     hold Tasks 1, 2 and 3)."""
     missing = [t for t in ("seg", "hpv", "rfs") if t not in bundles.tasks]
     if missing:
-        raise ValueError(f"--container writes every challenge output: no bundle for {missing}")
+        raise UserError(f"--container writes every challenge output: no bundle for {missing}")
     data = layout.read_container_input(input_root)
     problems: list[Problem] = []
     ehr_path = Path(input_root) / "ehr.json"

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from hecktor import io
 from hecktor.bundle import Bundle, load_bundle
+from hecktor.errors import UserError
 from hecktor.tasks import TASKS, lineage
 from hecktor.tracking import fetch_bundle
 
@@ -56,7 +57,7 @@ class Bundles:
             for section, settings in bundle.manifest["config"].items():
                 other = first.setdefault(section, bundle)
                 if other.manifest["config"][section] != settings:
-                    raise ValueError(
+                    raise UserError(
                         f"{bundle.root}: its {section!r} settings differ from {other.root}'s; "
                         "use models from one pipeline run"
                     )
@@ -67,7 +68,7 @@ def requested(tasks: Iterable[str] | None = None) -> tuple[str, ...]:
     wanted = set(tasks or TASKS)
     unknown = sorted(wanted - set(TASKS))
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise UserError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     needed = {t for name in wanted for t in lineage(name)}
     return tuple(t for t in TASKS if t in needed)
 
@@ -95,7 +96,7 @@ def load_bundles(
         try:
             path, version = fetch_bundle(uri, Path(cache) / name, mlruns)
         except MlflowException as err:
-            raise ValueError(
+            raise UserError(
                 f"{uri}: not found in the MLflow store ({err.message}); run `hecktor register` "
                 "(or `dvc repro`) first, or give --models"
             ) from None

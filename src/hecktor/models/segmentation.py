@@ -21,6 +21,7 @@ from monai.networks.nets import DynUNet, SegResNet
 from torch import nn
 
 from hecktor import planning
+from hecktor.errors import UserError
 
 IN_CHANNELS = 2  # CT, PET
 CLASSES = 3  # background, GTVp, GTVn
@@ -53,7 +54,7 @@ class Plan:
         """Raise naming ``what`` when ``size`` does not fit the network's downsampling."""
         problem = planning.misfit(size, self.strides, self.network, what)
         if problem:
-            raise ValueError(problem)
+            raise UserError(problem)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,7 @@ def make_plan(
         filters = [min(base_filters * 2**i, max_filters) for i in range(len(strides))]
     else:
         if base_filters % SEGRESNET_GROUPS:
-            raise ValueError(
+            raise UserError(
                 f"seg.base_filters {base_filters} must be a multiple of {SEGRESNET_GROUPS} for "
                 "segresnet (its group norm)"
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from hecktor.config import Config
+from hecktor.errors import UserError
 from hecktor.tasks.spec import MASK, Fold, TaskSpec, resolve
 
 
@@ -60,7 +61,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (SEG, HPV, RFS)}
 
 def spec_of(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]
 
 

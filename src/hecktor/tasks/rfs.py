@@ -19,6 +19,7 @@ from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.preprocess import WHOLE, StoredCase, grid_of, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
+from hecktor.errors import UserError
 from hecktor.losses import cox_loss
 from hecktor.models.survival import SurvivalNet
 from hecktor.prediction import lesion_box, rfs_risk, survival_input
@@ -206,7 +207,7 @@ class RFSTask:
 def build(cfg: Config, mode: str | None = None) -> RFSTask:
     inputs = rfs_inputs_dir(cfg)
     if not (inputs / "inputs.csv").is_file():
-        raise ValueError(f"{inputs}: no Task 2 inputs; run `hecktor derive rfs` first")
+        raise UserError(f"{inputs}: no Task 2 inputs; run `hecktor derive rfs` first")
     return RFSTask(cfg.rfs, cfg.paths.prepared, inputs, mode or cfg.rfs.modes[0])
 
 
@@ -270,7 +271,7 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
         status = float(hpv.columns["HPV_status"])
         if hpv_fold is not None:
             if hpv_fold not in hpv.members:
-                raise ValueError(f"the Task 2 model takes HPV status from Task 3 fold {hpv_fold}; "
+                raise UserError(f"the Task 2 model takes HPV status from Task 3 fold {hpv_fold}; "
                                  f"the Task 3 model has {', '.join(hpv.members) or 'no folds'}")  # fmt: skip
             status = float(hpv.members[hpv_fold] > 0)
         clinical = inputs.clinical.assign(**{"HPV Status": status})

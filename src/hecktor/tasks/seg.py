@@ -17,6 +17,7 @@ from hecktor.checkpoints import best_fold, restored
 from hecktor.config import Config, SegConfig
 from hecktor.data.loading import augmented_dataset
 from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
+from hecktor.errors import UserError
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.planning import within
 from hecktor.prediction import remove_small_lesions, segment
@@ -106,7 +107,7 @@ def bundle(cfg: Config, result: dict) -> BundleContent:
     """The network after SWA (the best fold's when several were trained)."""
     checkpoint = best_fold(Path(cfg.paths.models) / "seg")
     if checkpoint is None:
-        raise ValueError(f"{cfg.paths.models}/seg: no trained model; run `hecktor train seg`")
+        raise UserError(f"{cfg.paths.models}/seg: no trained model; run `hecktor train seg`")
     return BundleContent(
         members=[{"file": "model.pt", "fold": checkpoint.parent.name}],
         files={"model.pt": checkpoint},

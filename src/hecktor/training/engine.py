@@ -46,6 +46,7 @@ from hecktor.checkpoints import clear_fold, load_checkpoint, save_checkpoint
 from hecktor.config import TrainConfig
 from hecktor.data.loading import augment_batch, init_worker, seed_everything
 from hecktor.devices import Autocast, autocast_for, precision_for, resolve_device
+from hecktor.errors import UserError
 from hecktor.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ class _Loop:
         if getattr(sampler, "yields_batches", False):  # the task composes its own batches
             if self.world > 1:  # each process its own share of the epoch
                 if not hasattr(sampler, "shard"):
-                    raise ValueError(f"{self.task.name}: its batch sampler cannot be sharded "
+                    raise UserError(f"{self.task.name}: its batch sampler cannot be sharded "
                                      "across processes; every process would train on the same "
                                      "batches")  # fmt: skip
                 sampler = sampler.shard(self.rank, self.world)
