@@ -1,5 +1,6 @@
 """The DVC pipeline end to end on the tiny profile, in a scratch copy of the project."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ def _project(root: Path, precision: str | None = None) -> Path:
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert _run(command, root).returncode == 0
     shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the project's cache links
+    shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # its plot templates
     return root
 
 
@@ -64,6 +66,8 @@ def test_repro_runs_every_stage_then_nothing(project):
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "GTVp_DSC" in shown.stdout  # one short table: the headline figures only
     assert "metrics/summary.json" in shown.stdout and "metrics/seg.json" not in shown.stdout
+    drawn = json.loads(_run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not drawn.get("errors") and drawn["data"]["seg validation"]  # every plot renders
 
     tuned = yaml.safe_load((project / "tuned" / "seg.yaml").read_text())
     assert tuned["study"].startswith("seg-tiny-") and tuned["values"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from hecktor import io
 from hecktor.checkpoints import load_checkpoint
@@ -43,6 +43,19 @@ class Bundle:
         """A config section as the bundled models were trained with it (e.g. ``prepare``)."""
         model: type[BaseModel] = Config.model_fields[section].annotation  # type: ignore[assignment]
         return model.model_validate(self.manifest["config"][section])
+
+    def with_settings(self, section: str, **values: Any) -> Bundle:
+        """The same bundle with some settings of a config section replaced (``predict``'s
+        options, such as the sliding window's overlap): validated as the params file is."""
+        settings = self.settings(section)
+        try:
+            checked = type(settings).model_validate(settings.model_dump() | values)
+        except ValidationError as err:
+            wrong = "; ".join(f"{section}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                              for e in err.errors())  # fmt: skip
+            raise UserError(wrong) from None
+        config = self.manifest["config"] | {section: checked.model_dump(mode="json")}
+        return Bundle(self.root, self.manifest | {"config": config})
 
     @property
     def members(self) -> list[dict[str, Any]]:

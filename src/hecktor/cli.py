@@ -170,12 +170,28 @@ def _register(args: argparse.Namespace, cfg: Config) -> None:
                  result["score"], result["alias"])  # fmt: skip
 
 
+def _task_names(value: str) -> list[str]:
+    """``--tasks seg,hpv`` as well as ``--tasks seg hpv``."""
+    names = [name for name in value.split(",") if name]
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    return names
+
+
+def _qc_writer():
+    from hecktor.inference.qc import write_qc  # drawing: matplotlib, only when asked
+
+    return write_qc
+
+
 def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
     from hecktor.inference.sources import load_bundles
 
     models = args.models or os.environ.get("HECKTOR_MODELS")
     uris = {task: getattr(args, f"{task}_model") for task in TASKS}
-    return load_bundles(cfg.paths.mlruns, cache, models, uris, args.tasks)
+    tasks = [name for names in args.tasks for name in names] if args.tasks else None
+    return load_bundles(cfg.paths.mlruns, cache, models, uris, tasks)
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> None:
@@ -192,7 +208,7 @@ def _export(args: argparse.Namespace, cfg: Config) -> None:
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     import tempfile
 
-    from hecktor.inference.batch import predict_container, predict_folder
+    from hecktor.inference.batch import Extras, predict_container, predict_folder
 
     with tempfile.TemporaryDirectory(prefix="hecktor-models-") as cache:
         bundles = _bundles(args, cfg, Path(cache))
@@ -206,9 +222,9 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
             raise UserError("predict: --input and --output are required (or --container)")
         if args.clinical and args.no_clinical:
             raise UserError("predict: give --clinical or --no-clinical, not both")
-        manifest = predict_folder(
-            bundles, args.input, args.output, args.clinical, args.device, args.no_clinical
-        )
+        extras = Extras(probabilities=args.save_probabilities, qc=_qc_writer() if args.qc else None)
+        manifest = predict_folder(bundles, args.input, args.output, args.clinical, args.device,
+                                  args.no_clinical, args.overlap, extras)  # fmt: skip
     if manifest["failed"]:
         log.error("%d patient(s) failed: %s", len(manifest["failed"]),
                   ", ".join(f["PatientID"] for f in manifest["failed"]))  # fmt: skip
@@ -381,9 +397,10 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--models", help="an `hecktor export` folder (default: $HECKTOR_MODELS, "
                                "else the registry)")  # fmt: skip
-    model_options.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK",
-                               help="only these tasks, with the tasks they depend on (default: all of "
-                               f"{', '.join(TASKS)})")  # fmt: skip
+    model_options.add_argument("--tasks", nargs="+", type=_task_names, metavar="TASK",
+                               help="only these tasks (space- or comma-separated), with the tasks they "
+                               f"depend on (default: all of {', '.join(TASKS)}); seg loads only the "
+                               "segmentation model")  # fmt: skip
     for task, spec in TASKS.items():
         model_options.add_argument(f"--{task}-model", metavar="URI",
                                    help=f"model URI or bundle folder (default: models:/{spec.registry_name}@champion)")  # fmt: skip
@@ -400,8 +417,9 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
                          "subfolders with CT and PET. Output: <PID>.nii.gz masks on the CT grid, predictions.csv, "
                          "manifest.json. Reruns skip finished patients; broken patients are reported and skipped "
                          "(exit code 3). --container: the challenge container's one-patient I/O.")  # fmt: skip
-    p.add_argument("--input", help="input folder (--container: default /input)")
-    p.add_argument("--output", help="output folder (--container: default /output)")
+    p.add_argument("-i", "--input", help="input folder: a release, <PID>/ subfolders, or nnU-Net's "
+                   "<PID>_0000 (CT) and <PID>_0001 (PET) files (--container: default /input)")  # fmt: skip
+    p.add_argument("-o", "--output", help="output folder (--container: default /output)")
     p.add_argument("--clinical", help="clinical CSV: PatientID and any of the official clinical "
                    "columns, a row per patient (default: the release's tables)")  # fmt: skip
     p.add_argument("--no-clinical", action="store_true",
@@ -409,6 +427,12 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
     p.add_argument("--container", action="store_true",
                    help="read images/ct/*.mha, images/pet/*.mha, ehr.json; write the official outputs")  # fmt: skip
     p.add_argument("--device", default="auto", help="torch device (default: a GPU if present)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap, 0 to <1 (default: the "
+                   "model's, 0.5)")  # fmt: skip
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <PID>.npz: class probabilities (background, GTVp, GTVn) on the CT grid")  # fmt: skip
+    p.add_argument("--qc", action="store_true", help="also write qc/<PID>.png: CT and PET MIPs with "
+                   "the predicted outlines, HPV probability and risk")  # fmt: skip
     p.set_defaults(func=_predict)
 
 

@@ -70,6 +70,34 @@ def mip_figure(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]):
     return fig
 
 
+def qc_figure(title: str, image: np.ndarray, pet_scale: tuple[float, float],
+              labels: np.ndarray | None, notes: str):  # fmt: skip
+    """One patient at a glance: coronal MIPs of the CT and of the PET (restored to the release's
+    units by ``pet_scale``, the z-score's mean and spread, shown as Fig. 1), with the outlines of
+    the predicted GTVp (green) and GTVn (yellow) and ``notes`` (the other tasks' predictions)."""
+    mean, std = pet_scale
+    fig, axes = plt.subplots(1, 2, figsize=(7, 4.4))
+    shown = ((axes[0], "CT", image[0].max(axis=1), "gray", None, None),
+             (axes[1], "PET", (image[1] * std + mean).max(axis=1), "gray_r", -0.5, 6.5))  # fmt: skip
+    for ax, name, mip, cmap, low, high in shown:
+        ax.imshow(mip, cmap=cmap, origin="lower", vmin=low, vmax=high)
+        if labels is not None:
+            outline = label_mip(labels)
+            for value in (1, 2):
+                if (outline == value).any():
+                    ax.contour(outline == value, levels=[0.5], colors=[_LABEL_COLOURS(value)],
+                               linewidths=1.2, origin="lower")  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.legend(handles=[Patch(color=_LABEL_COLOURS(1), label="GTVp"),
+                        Patch(color=_LABEL_COLOURS(2), label="GTVn")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)  # fmt: skip
+    fig.suptitle(f"{title}\n{notes}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
     """ROC curves, each labelled with its AUC: ``curves`` maps a label to (truth 0/1, score)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.2))

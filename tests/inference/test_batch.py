@@ -330,3 +330,56 @@ def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
         logits.append(hpv_task.logits(model, [patient.patient], cpu, autocast)[0])
     expected = 1.0 / (1.0 + math.exp(-float(np.mean(logits))))
     assert row["HPV_probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_nnunet_naming_masks_only_with_probabilities_and_qc_pictures(
+    bundles, bundle_dir, release_dir, tmp_path, caplog
+):
+    """nnU-Net's flat CASE_0000 (CT) / CASE_0001 (PET) input, `--tasks seg` (the segmentation
+    model alone), `--save-probabilities` and `--qc`; the masks are those of the folder layout."""
+    patients = sorted(p.name for p in (release_dir / "Task 1").iterdir() if p.is_dir())[:2]
+    flat = tmp_path / "imagesTs"
+    flat.mkdir()
+    for pid in patients:
+        src = release_dir / "Task 1" / pid
+        shutil.copy(src / f"{pid}__CT.nii.gz", flat / f"{pid}_0000.nii.gz")
+        shutil.copy(src / f"{pid}__PT.nii.gz", flat / f"{pid}_0001.nii.gz")
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(flat), "-o", str(out), "--tasks", "seg", "--no-clinical",
+                 "--models", str(bundle_dir), "--save-probabilities", "--qc"])  # fmt: skip
+    assert code == 0, caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tasks"] == ["seg"] and set(manifest["models"]) == {"seg"}  # one model loaded
+    assert list(pd.read_csv(out / "predictions.csv").columns) == ["PatientID"]
+    assert "GTVp" in (out / "labels.itksnap.txt").read_text()
+    assert "1 GTVp 26 204 51 255" in (out / "labels.slicer.ctbl").read_text()
+    reference = tmp_path / "reference"
+    predict_folder(bundles, release_dir, reference)
+    for pid in patients:
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{pid}.nii.gz")))
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(reference / f"{pid}.nii.gz")))
+        np.testing.assert_array_equal(mask, expected)
+        probabilities = np.load(out / f"{pid}.npz")["probabilities"].astype(np.float32)
+        assert probabilities.shape == (3, *mask.shape)
+        np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-2)
+        inside = probabilities.max(axis=0) > 0.9  # where the call is clear, it is the mask's
+        assert (probabilities.argmax(axis=0)[inside] == mask[inside]).mean() > 0.99
+        assert (out / "qc" / f"{pid}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_overlap_option_is_checked_and_keys_the_results(
+    bundle_dir, release_dir, tmp_path, caplog
+):
+    root, out = tmp_path / "new", tmp_path / "out"
+    _patient_folders(release_dir, root, 2)
+    args = ["predict", "-i", str(root), "-o", str(out), "--tasks", "seg,hpv", "--no-clinical",
+            "--models", str(bundle_dir)]  # fmt: skip
+    assert main([*args, "--overlap", "1.5"]) == 2
+    assert "seg.sw_overlap" in caplog.text
+    assert main([*args, "--overlap", "0.25"]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["overlap"] == 0.25 and first["tasks"] == ["seg", "hpv"] and first["reused"] == 0
+    assert main([*args, "--overlap", "0.25"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["reused"] == first["predicted"]
+    assert main(args) == 0  # another overlap: predicted again
+    assert json.loads((out / "manifest.json").read_text())["reused"] == 0

@@ -207,6 +207,21 @@ def to_original_grid(mask: np.ndarray, grid: Geometry, original: Geometry) -> si
     )
 
 
+def probabilities_to_original_grid(
+    probabilities: np.ndarray, grid: Geometry, original: Geometry
+) -> np.ndarray:
+    """Class probabilities (classes, Z, Y, X) on the preprocessed ``grid``, put back onto the
+    ``original`` CT grid by linear interpolation (background outside the box), float16."""
+    out = []
+    for index, channel in enumerate(np.asarray(probabilities, dtype=np.float32)):
+        image = grid.image(np.ascontiguousarray(channel))
+        outside = 1.0 if index == 0 else 0.0
+        resampled = sitk.Resample(image, original.image(), sitk.Transform(), sitk.sitkLinear,
+                                  outside, sitk.sitkFloat32)  # fmt: skip
+        out.append(sitk.GetArrayFromImage(resampled).astype(np.float16))
+    return np.stack(out)
+
+
 # --------------------------------------------------------------------------- storage
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
@@ -23,7 +26,13 @@ from tqdm import tqdm
 from hecktor import io
 from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
-from hecktor.data.preprocess import Geometry, preprocess, to_original_grid
+from hecktor.data.preprocess import (
+    Geometry,
+    PreparedCase,
+    preprocess,
+    probabilities_to_original_grid,
+    to_original_grid,
+)
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
 from hecktor.fingerprints import file_sha256, json_digest
@@ -46,30 +55,46 @@ def outputs_of(tasks: tuple[str, ...]) -> dict[str, str]:
     return {k: v for t in tasks for k, v in TASKS[t].outputs.items()}
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One patient's prediction: the mask on its CT grid (None if no task segments), its row of
+    predictions, and what the optional outputs are made of: its prepared case, and the labels
+    and class probabilities on the prepared grid."""
+
+    mask: sitk.Image | None
+    row: dict[str, object]
+    prepared: PreparedCase
+    labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+
+
 class Predictor:
     """The bundles' tasks applied to one patient at a time, on this machine's best precision.
 
     Everything a prediction needs is in the bundles: the preprocessing settings, each network's
     plan and weights, each fold's clinical encoding and risk scale. A patient's prediction is the
-    chain of the tasks' predictors on arrays; nothing is written to disk.
+    chain of the tasks' predictors on arrays; nothing is written to disk. ``overlap`` replaces the
+    segmentation bundle's sliding-window overlap.
     """
 
-    def __init__(self, bundles: Bundles, device: str = "auto") -> None:
+    def __init__(
+        self, bundles: Bundles, device: str = "auto", overlap: float | None = None
+    ) -> None:
         bundles.check()
         self.tasks = bundles.tasks
         self.prepare = bundles[self.tasks[0]].settings("prepare")
         self.device = resolve_device(device)
         self.autocast = autocast_for(precision_for("auto", self.device), self.device)
+        chosen = {t: bundles[t] for t in self.tasks}
+        if overlap is not None and "seg" in chosen:
+            chosen["seg"] = chosen["seg"].with_settings("seg", sw_overlap=overlap)
         self.steps = {
-            t: resolve(TASKS[t].predictor)(bundles[t], self.device, self.autocast)
+            t: resolve(TASKS[t].predictor)(chosen[t], self.device, self.autocast)
             for t in self.tasks
         }
 
-    def __call__(
-        self, images: layout.RawCase, clinical: dict[str, object]
-    ) -> tuple[sitk.Image | None, dict[str, object]]:
-        """The mask on the patient's CT grid (None if no task segments) and the patient's row of
-        predictions."""
+    def __call__(self, images: layout.RawCase, clinical: dict[str, object]) -> Prediction:
+        """The patient's prediction, its mask on its CT grid."""
         patient = images.patient
         prepared = preprocess(images, self.prepare)
         table = pd.DataFrame([{k: clinical.get(k) for k in CLINICAL_COLUMNS}], index=[patient])
@@ -77,15 +102,17 @@ class Predictor:
         for task, step in self.steps.items():
             upstream = {u: outcomes[u] for u in TASKS[task].upstream}
             outcomes[task] = step(PatientInputs(patient, prepared.image, table, upstream))
-        labels = next((o.labels for o in outcomes.values() if o.labels is not None), None)
+        segmented = next((o for o in outcomes.values() if o.labels is not None), None)
         mask = None
-        if labels is not None:
+        if segmented is not None:
             grid = Geometry.from_dict(prepared.meta["grid"])
-            mask = to_original_grid(labels, grid, Geometry.of(images.ct))
+            mask = to_original_grid(segmented.labels, grid, Geometry.of(images.ct))
         row = {"PatientID": patient} | {
             k: v for o in outcomes.values() for k, v in o.columns.items()
         }
-        return mask, row
+        if segmented is None:
+            return Prediction(mask, row, prepared)
+        return Prediction(mask, row, prepared, segmented.labels, segmented.probabilities)
 
 
 # --------------------------------------------------------------------------- finding patients
@@ -168,10 +195,32 @@ def _folder_patients(root: Path) -> dict[str, tuple[Path | None, Path | None]]:
     return found
 
 
+# nnU-Net's naming: one folder, <CASE>_<channel>.<suffix>; channel 0000 the CT, 0001 the PET
+_NNUNET = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<suffix>\.nii\.gz|\.nii|\.mha|\.nrrd)$")
+_NNUNET_CHANNELS = {"0000": 0, "0001": 1}  # CT, PET
+
+
+def _nnunet_patients(root: Path) -> dict[str, tuple[Path | None, Path | None]]:
+    """``CASE_0000`` (CT) and ``CASE_0001`` (PET) files of one folder, by case."""
+    found: dict[str, list[Path | None]] = {}
+    for path in sorted(p for p in root.iterdir() if p.is_file()):
+        match = _NNUNET.match(path.name)
+        if match is None or layout.is_hidden(path.name):
+            continue
+        channel = _NNUNET_CHANNELS.get(match["channel"])
+        if channel is None:
+            log.warning("%s: channel %s is neither CT (0000) nor PET (0001): ignored", path,
+                        match["channel"])  # fmt: skip
+            continue
+        found.setdefault(match["case"], [None, None])[channel] = path
+    return {case: (ct, pet) for case, (ct, pet) in found.items()}
+
+
 def find_patients(
     root: Path | str, clinical: Path | str | None = None, no_clinical: bool = False
 ) -> Found:
-    """The patients of a release-layout folder, or of a folder of ``<PID>/`` subfolders.
+    """The patients of a release-layout folder, of a folder of ``<PID>/`` subfolders, or of a
+    folder in nnU-Net's naming (``<PID>_0000`` the CT, ``<PID>_0001`` the PET).
 
     In a subfolder, CT and PET are ``<PID>__CT`` / ``<PID>__PT`` (or ``CT`` / ``PET``) in NIfTI or
     MetaImage. Clinical values come from ``clinical`` (see :func:`read_clinical_csv`), else from
@@ -197,7 +246,7 @@ def find_patients(
             merged = layout.clinical_frame(layout.read_tables(release, table_problems))
             frame = merged.set_index("PatientID") if len(merged) else frame
     else:
-        found = _folder_patients(root)
+        found = _nnunet_patients(root) or _folder_patients(root)
         problems += [Problem(p, root / p, why) for p in found if (why := layout.id_problem(p))]
         if clinical is None and not no_clinical:
             raise InputError([Problem("(all patients)", root, "no clinical data: give --clinical "
@@ -262,8 +311,10 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _models_key(described: dict[str, dict]) -> str:
-    return json.dumps({t: m["digest"] for t, m in described.items()}, sort_keys=True)
+def _models_key(described: dict[str, dict], overlap: float | None = None) -> str:
+    """The models' digests and the options that change what they predict."""
+    return json.dumps({"models": {t: m["digest"] for t, m in described.items()},
+                       "overlap": overlap}, sort_keys=True)  # fmt: skip
 
 
 def input_key(models: str, patient: NewPatient) -> str | None:
@@ -278,20 +329,50 @@ def input_key(models: str, patient: NewPatient) -> str | None:
     return json_digest([models, files, patient.clinical], 64)
 
 
-def _reused(part: Path, mask: Path, key: str | None) -> bool:
+@dataclass(frozen=True)
+class Extras:
+    """What ``predict`` writes beside each mask, when asked: the class probabilities on the CT
+    grid (``<PID>.npz``, nnU-Net's ``--save_probabilities``) and a picture to check the result by
+    eye (``qc/<PID>.png``, drawn by ``qc``)."""
+
+    probabilities: bool = False
+    qc: Callable[[Prediction, Path], None] | None = None
+
+    def files(self, output: Path, pid: str) -> list[Path]:
+        """The extra files of one patient."""
+        wanted = [output / f"{pid}.npz"] if self.probabilities else []
+        return wanted + ([output / "qc" / f"{pid}.png"] if self.qc else [])
+
+    def write(self, prediction: Prediction, output: Path, pid: str, ct: sitk.Image) -> None:
+        if self.probabilities and prediction.probabilities is not None:
+            grid = Geometry.from_dict(prediction.prepared.meta["grid"])
+            values = probabilities_to_original_grid(prediction.probabilities, grid, Geometry.of(ct))
+            with io.atomic_path(output / f"{pid}.npz") as tmp:  # keeps the .npz extension
+                np.savez_compressed(tmp, probabilities=values)
+        if self.qc:
+            (output / "qc").mkdir(exist_ok=True)
+            self.qc(prediction, output / "qc" / f"{pid}.png")
+
+
+def _reused(part: Path, mask: Path, key: str | None, extras: list[Path]) -> bool:
     if key is None or not part.is_file():
         return False
     try:
         done = json.loads(part.read_text())
     except (OSError, ValueError):
         return False
-    return done.get("key") == key and (mask.is_file() or not done.get("mask", True))
+    return (
+        done.get("key") == key
+        and (mask.is_file() or not done.get("mask", True))
+        and all(path.is_file() for path in extras)
+    )
 
 
 def _forget(parts: Path, output: Path, pid: str) -> None:
     """Remove one patient's earlier results (this command wrote them)."""
     (parts / f"{pid}.json").unlink(missing_ok=True)
-    (output / f"{pid}.nii.gz").unlink(missing_ok=True)
+    for path in (output / f"{pid}.nii.gz", output / f"{pid}.npz", output / "qc" / f"{pid}.png"):
+        path.unlink(missing_ok=True)
 
 
 def _remove_absent(parts: Path, output: Path, present: set[str]) -> list[str]:
@@ -304,9 +385,9 @@ def _remove_absent(parts: Path, output: Path, present: set[str]) -> list[str]:
     return removed
 
 
-def _predict_each(
-    bundles: Bundles, patients: list[NewPatient], parts: Path, output: Path, key: str, device: str
-) -> tuple[list[dict[str, str]], int]:
+def _predict_each(bundles: Bundles, patients: list[NewPatient], parts: Path, output: Path,
+                  key: str, device: str, overlap: float | None, extras: Extras,
+                  ) -> tuple[list[dict[str, str]], int]:  # fmt: skip
     """Predict every patient whose earlier result does not hold (the models load on the first);
     returns the failures and how many were reused."""
     failures: list[dict[str, str]] = []
@@ -316,23 +397,45 @@ def _predict_each(
         pid = patient.patient
         part, mask_path = parts / f"{pid}.json", output / f"{pid}.nii.gz"
         patient_key = input_key(key, patient)
-        if _reused(part, mask_path, patient_key):
+        if _reused(part, mask_path, patient_key, extras.files(output, pid)):
             skipped += 1
             continue
         _forget(parts, output, pid)  # no stale result, whatever happens next
         try:
             images = read_images(patient)
-            predictor = predictor or Predictor(bundles, device)
-            mask, row = predictor(images, patient.clinical)
+            predictor = predictor or Predictor(bundles, device, overlap)
+            prediction = predictor(images, patient.clinical)
+            if prediction.mask is not None:
+                io.write_image(mask_path, prediction.mask)
+            extras.write(prediction, output, pid, images.ct)
         except (InputError, RuntimeError, ValueError, OSError) as err:
+            _forget(parts, output, pid)
             failures.append({"PatientID": pid, "reason": _reason(err)})
             log.error("%s: skipped: %s", pid, _reason(err))
             continue
-        if mask is not None:
-            io.write_image(mask_path, mask)
-        io.write_json(part, {"key": patient_key, "models": key, "row": row,
-                             "mask": mask is not None})  # fmt: skip
+        io.write_json(part, {"key": patient_key, "models": key, "row": prediction.row,
+                             "mask": prediction.mask is not None})  # fmt: skip
     return failures, skipped
+
+
+# label values of the masks, with the colours of the figures: for 3D Slicer and ITK-SNAP
+LABELS = ((1, "GTVp", (26, 204, 51)), (2, "GTVn", (255, 217, 0)))
+
+
+def write_label_tables(output: Path) -> list[Path]:
+    """The masks' label table for ITK-SNAP (label description file) and 3D Slicer (colour table)
+    beside them, so a mask opens with its names and colours."""
+    itksnap = ["# ITK-SnAP Label Description File: hecktor masks",
+               "# IDX  -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+               '    0    0    0    0     0   0   0    "background"']  # fmt: skip
+    slicer = ["# 3D Slicer colour table: hecktor masks", "0 background 0 0 0 0"]
+    for value, name, (r, g, b) in LABELS:
+        itksnap.append(f'{value:5d} {r:4d} {g:4d} {b:4d}     1   1   1    "{name}"')
+        slicer.append(f"{value} {name} {r} {g} {b} 255")
+    written = [output / "labels.itksnap.txt", output / "labels.slicer.ctbl"]
+    for path, lines in zip(written, (itksnap, slicer), strict=True):
+        io.write_text(path, "\n".join(lines) + "\n")
+    return written
 
 
 def predict_folder(
@@ -342,17 +445,22 @@ def predict_folder(
     clinical: Path | str | None = None,
     device: str = "auto",
     no_clinical: bool = False,
+    overlap: float | None = None,
+    extras: Extras = Extras(),
 ) -> dict:
     """Predict every patient under ``input_dir``; returns the manifest written beside the outputs.
 
-    Writes ``<PID>.nii.gz`` (on the patient's CT grid), ``predictions.csv`` and ``manifest.json``,
-    each atomically, into ``output``: a new or empty folder, or an earlier ``predict`` output. A
-    patient whose models, image bytes and clinical row are those of its earlier result is reused,
-    so a rerun after a kill continues; anything changed is predicted again, and the results of
-    patients no longer in the input are removed (and listed). A patient that cannot be read is
-    reported (in the log and the manifest) and the others go on.
+    Writes ``<PID>.nii.gz`` (on the patient's CT grid) with its label tables, ``predictions.csv``,
+    ``manifest.json`` and any :class:`Extras`, each atomically, into ``output``: a new or empty
+    folder, or an earlier ``predict`` output. A patient whose models, options, image bytes and
+    clinical row are those of its earlier result is reused, so a rerun after a kill continues;
+    anything changed is predicted again, and the results of patients no longer in the input are
+    removed (and listed). A patient that cannot be read is reported (in the log and the
+    manifest) and the others go on.
     """
     output = Path(output)
+    if overlap is not None and "seg" in bundles.tasks:  # a bad option fails before any work
+        bundles["seg"].with_settings("seg", sw_overlap=overlap)
     roots = [bundles[t].root for t in bundles.tasks]
     io.claim_dir(output, "predict", [input_dir, clinical, *roots])
     found = find_patients(input_dir, clinical, no_clinical)
@@ -361,9 +469,11 @@ def predict_folder(
     parts.mkdir(parents=True, exist_ok=True)
     io.mark_dir(output, "predict")
     described = bundles.describe()  # digests read every weights file: once per run
-    key = _models_key(described)
+    key = _models_key(described, overlap)
     removed = _remove_absent(parts, output, {p.patient for p in patients})
-    failures, skipped = _predict_each(bundles, patients, parts, output, key, device)
+    failures, skipped = _predict_each(
+        bundles, patients, parts, output, key, device, overlap, extras
+    )
     failed = {f["PatientID"] for f in failures}
     rows = [
         json.loads((parts / f"{p.patient}.json").read_text())["row"]
@@ -371,6 +481,8 @@ def predict_folder(
         if p.patient not in failed and (parts / f"{p.patient}.json").is_file()
     ]
     outputs = outputs_of(bundles.tasks)
+    if MASK in outputs:
+        write_label_tables(output)
     columns = ["PatientID", *(k for k in outputs if k != MASK)]
     io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     manifest = {
@@ -378,6 +490,7 @@ def predict_folder(
         "clinical": found.clinical_source,
         "clinical_rows_unused": found.unused_rows,
         "models": described,
+        "overlap": overlap,
         "patients": len(patients),
         "predicted": len(rows),
         "reused": skipped,
@@ -419,8 +532,9 @@ def predict_container(
         raise InputError(problems)
     clinical = {k: v for k, v in table.iloc[0].to_dict().items() if k != "PatientID"}
     images = layout.RawCase(data.patient, data.ct, data.pet, None)
-    mask, row = Predictor(bundles, device)(images, clinical)
-    assert mask is not None  # Task 1 ran
+    prediction = Predictor(bundles, device)(images, clinical)
+    assert prediction.mask is not None  # Task 1 ran
+    row = prediction.row
     return layout.write_container_outputs(
-        output_root, mask, float(row["RFS_risk"]), bool(row["HPV_status"])
+        output_root, prediction.mask, float(row["RFS_risk"]), bool(row["HPV_status"])
     )

@@ -20,7 +20,7 @@ from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
 from hecktor.errors import UserError
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.planning import within
-from hecktor.prediction import remove_small_lesions, segment
+from hecktor.prediction import remove_small_lesions, segment, segment_probabilities
 from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
 
 
@@ -127,8 +127,12 @@ def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predi
     voxel_mm3 = float(np.prod(spacing))
 
     def predict(inputs: PatientInputs) -> Outcome:
-        labels = segment(model, inputs.image, plan.patch, overlap=cfg.sw_overlap,
-                         sw_batch_size=cfg.sw_batch_size, device=device, autocast=autocast)  # fmt: skip
-        return Outcome(labels=remove_small_lesions(labels, cfg.min_lesion_mm3, voxel_mm3))
+        probabilities = segment_probabilities(
+            model, inputs.image, plan.patch, overlap=cfg.sw_overlap,
+            sw_batch_size=cfg.sw_batch_size, device=device, autocast=autocast,
+        )  # fmt: skip
+        labels = probabilities.argmax(0).numpy().astype(np.uint8)
+        return Outcome(labels=remove_small_lesions(labels, cfg.min_lesion_mm3, voxel_mm3),
+                       probabilities=probabilities.numpy().astype(np.float16))  # fmt: skip
 
     return predict

@@ -46,6 +46,7 @@ class Outcome:
 
     columns: dict[str, float | int] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # (classes, Z, Y, X) on the prepared grid, float16
     members: dict[str, float] = field(default_factory=dict)  # each member model's value, by fold
 
 
