@@ -180,8 +180,12 @@ def _task_names(value: str) -> list[str]:
 
 
 def _qc_writer():
-    from hecktor.inference.qc import write_qc  # drawing: matplotlib, only when asked
-
+    """``--qc``'s drawing, which needs matplotlib: the pipeline extra, not the inference image."""
+    try:
+        from hecktor.inference.qc import write_qc
+    except ModuleNotFoundError as err:
+        raise UserError(f"--qc draws with {err.name}, which this install lacks: "
+                        "pip install 'hecktor[pipeline]' (or matplotlib)") from None  # fmt: skip
     return write_qc
 
 
