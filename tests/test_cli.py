@@ -198,3 +198,20 @@ def test_relative_paths_are_the_params_files_and_tracking_uri_wins(tmp_path, mon
     uri = f"sqlite:///{tmp_path / 'other.db'}"
     assert main(["config", "--params", str(project / "params.yaml"), "--tracking-uri", uri]) == 0
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
+
+
+@pytest.mark.parametrize(
+    ("argv", "skip", "strict"),
+    [
+        (["train", "rfs"], (), ("seg", "hpv", "rfs")),
+        (["tune", "hpv"], ("hpv",), ("seg",)),
+        # DVC derives Task 2's inputs before it tunes Task 2: its own file is not read yet
+        (["derive", "rfs"], ("rfs",), ("seg", "hpv")),
+        (["register", "hpv"], (), ("seg", "hpv")),
+        (["prepare"], (), ()),
+    ],
+)
+def test_a_command_refuses_only_the_tuned_files_it_trains_or_scores_with(argv, skip, strict):
+    from hecktor.cli import _tuned_scope
+
+    assert _tuned_scope(build_parser().parse_args(argv)) == (skip, strict)

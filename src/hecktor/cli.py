@@ -473,12 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tuned_scope(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Which tasks' tuned values a verb skips (a study does not read the values it chooses) and
-    which it refuses when tuned for another configuration (the tasks it trains or scores: the
-    task and those upstream of it); any other task's mismatched file is ignored with a warning."""
+    """Which tasks' tuned values a verb skips and which it refuses when tuned for another
+    configuration (the tasks it trains or scores with); any other task's mismatched file is
+    ignored with a warning. A study does not read the values it chooses, and ``derive`` makes a
+    task's inputs from its upstream tasks before that task is tuned: both skip the task itself."""
     task = getattr(args, "task", None)
     if args.verb in ("train", "crossval", "ablate", "tune", "derive") and task in TASKS:
-        return ((task,) if args.verb == "tune" else ()), lineage(task)
+        skip = (task,) if args.verb in ("tune", "derive") else ()
+        return skip, tuple(t for t in lineage(task) if t not in skip)
     if args.verb == "register":
         return (), tuple(t for task in (args.tasks or TASKS) for t in lineage(task))
     return (), ()
