@@ -238,19 +238,21 @@ def km_figure(task: RFSTask, patients, risk, title: str):
     return fig, p_value
 
 
-def common_keys(result: dict, modes, registered: str) -> dict:
-    """The keys every task's metrics share: the registry's score (the registered mode's) and the
-    report's headline rows (the better mode beside the better Cox baseline)."""
+def common_keys(result: dict, chain: str, registered: str) -> dict:
+    """The keys every task's metrics share: the registry's score (the registered mode's CV
+    C-index) and the report's headline rows: the registered chain on predicted inputs (what a new
+    patient gets; not the better of the modes, which would pick on the figures it reports) beside
+    the better Cox baseline."""
+    served = result["chains"][chain]["predicted"]
     rows = []
-    for split, truth in (("cv", "cv"), ("test_ensemble", "test")):
-        networks = {m: result["network"][m].get(split, {}).get("c_index", np.nan) for m in modes}
-        mode = max(networks, key=lambda m: np.nan_to_num(networks[m], nan=-1))
-        baselines = [result[b].get(split, {}).get("c_index", np.nan)
-                     for b in ("baseline_clinical", "baseline_clinical_image")]  # fmt: skip
+    for split, key in (("cv", "cv"), ("test", "test_ensemble")):
+        network = (served.get(split) or {}).get("c_index", np.nan)
+        baseline = max((result[b].get(key, {}).get("c_index", np.nan)
+                        for b in ("baseline_clinical", "baseline_clinical_image")),
+                       key=lambda v: np.nan_to_num(v, nan=-1))  # fmt: skip
         rows.append(reports.headline_row(
-            f"{split} C-index (network trained on {mode} inputs)", networks[mode],
-            max(baselines, key=lambda v: np.nan_to_num(v, nan=-1)),
-            result.get("oracle", {}).get(truth, {}).get("c_index"), result["winner"].get(split, ""),
+            f"{split} C-index ({chain} chain)", network, baseline,
+            result.get("oracle", {}).get(split, {}).get("c_index"), metrics.winner(network, baseline),
         ))  # fmt: skip
     return {
         "task": "rfs",
@@ -318,7 +320,7 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     plots.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(plots / "km.png") as tmp:
         figure.savefig(tmp, dpi=90, format="png")
-    result = common_keys(result, cfg.rfs.modes, registered_mode(cfg)) | result
+    result = common_keys(result, cfg.rfs.chain, registered_mode(cfg)) | result
     io.write_json(Path(cfg.paths.metrics) / "rfs.json", result)
     io.write_text(Path(cfg.paths.reports) / "rfs.md", render_report(result, cfg.rfs.modes))
     if track:
@@ -345,7 +347,7 @@ def chain_section(chains: dict, cell) -> list[str]:
     rows = []
     paper = chains.get("paper")
     if paper:
-        name = (f"paper: fold {paper['fold']} trained on true inputs; HPV of Task 3 fold "
+        name = (f"paper: {paper['fold']} trained on true inputs; HPV from Task 3's "
                 f"{paper['hpv_fold']} (validation BA {paper['hpv_fold_balanced_accuracy']:.3f})")  # fmt: skip
         for side, label in (
             ("true", "true masks and HPV"),
