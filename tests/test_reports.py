@@ -53,6 +53,8 @@ def test_the_mip_cases_run_from_the_best_to_the_worst():
     assert reports.spread(dsc, 3) == [("a", "best"), ("c", "median"), ("b", "worst")]
     assert reports.spread(dsc, 2) == [("a", "best"), ("b", "worst")]
     assert reports.spread({"a": 0.5}, 3) == [("a", "best")]
+    twenty = {f"p{i:02d}": 1 - i / 20 for i in range(20)}  # an even count: the upper median
+    assert [place for _, place in reports.spread(twenty, 3)] == ["best", "median", "worst"]
     assert reports.spread(dsc, 0) == [] and reports.spread({"d": float("nan")}, 3) == []
 
 

@@ -36,8 +36,9 @@ def spread(values: dict[str, float], count: int) -> list[tuple[str, str]]:
     ranked = sorted((k for k, v in values.items() if v == v), key=lambda k: (-values[k], k))
     if not ranked or count <= 0:
         return []
-    picks = sorted({round(i) for i in np.linspace(0, len(ranked) - 1, min(count, len(ranked)))})
-    names = {(len(ranked) - 1) // 2: "median", len(ranked) - 1: "worst", 0: "best"}
+    spaced = np.linspace(0, len(ranked) - 1, min(count, len(ranked)))
+    picks = sorted({int(np.floor(i + 0.5)) for i in spaced})  # halves up: the upper median
+    names = {len(ranked) // 2: "median", len(ranked) - 1: "worst", 0: "best"}
     return [(ranked[i], names.get(i, f"rank {i + 1} of {len(ranked)}")) for i in picks]
 
 
