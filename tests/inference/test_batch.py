@@ -310,7 +310,8 @@ def test_prediction_of_a_new_patient_is_the_scoring_path_on_its_prepared_case(
     from hecktor.tasks.seg import SegmentationTask
 
     patient = find_patients(release_dir).patients[0]
-    mask, row = Predictor(bundles, "cpu")(read_images(patient), patient.clinical)
+    prediction = Predictor(bundles, "cpu")(read_images(patient), patient.clinical)
+    mask, row = prediction.mask, prediction.row
 
     cpu, prepared = torch.device("cpu"), trained_cfg.paths.prepared
     autocast = autocast_for(precision_for("auto", cpu), cpu)  # what predict runs in
