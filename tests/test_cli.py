@@ -215,3 +215,10 @@ def test_a_command_refuses_only_the_tuned_files_it_trains_or_scores_with(argv, s
     from hecktor.cli import _tuned_scope
 
     assert _tuned_scope(build_parser().parse_args(argv)) == (skip, strict)
+
+
+def test_a_bad_option_value_is_bad_input_naming_its_key(tmp_path, caplog):
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    assert main(["synth", *params, "--patients", "3", "--out", str(tmp_path / "rel")]) == 2
+    assert "synth.patients: Input should be greater than or equal to 4 (got 3)" in caplog.text
+    assert not (tmp_path / "rel").exists()

@@ -343,9 +343,17 @@ S = TypeVar("S", bound=_Section)
 
 
 def override(section: S, **values: Any) -> S:
-    """A copy of ``section`` with the given non-None values, validated like the params file."""
+    """A copy of ``section`` with the given non-None values, validated like the params file: a
+    bad value is a :class:`ConfigError` naming its key (``synth.patients: ...``)."""
     given = {k: v for k, v in values.items() if v is not None}
-    return type(section).model_validate({**section.model_dump(), **given})
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as err:
+        name = next((n for n, f in Config.model_fields.items() if f.annotation is type(section)),
+                    type(section).__name__)  # fmt: skip
+        wrong = [f"{'.'.join(map(str, (name, *e['loc'])))}: {e['msg']} (got {e.get('input')!r})"
+                 for e in err.errors()]  # fmt: skip
+        raise ConfigError("; ".join(wrong)) from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
