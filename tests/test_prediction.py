@@ -62,3 +62,17 @@ def test_the_lesion_box_is_centred_on_the_lesions_and_stays_inside_the_volume():
     ]
     empty = lesion_box(np.zeros((40, 30, 20), np.uint8), (10, 50, 10))  # no lesion: the centre
     assert [(s.start, s.stop) for s in empty] == [(15, 25), (0, 30), (5, 15)]
+
+
+def test_lesions_touching_only_at_a_corner_are_one_lesion():
+    """26-connectivity: two groups of 3 voxels meeting corner to corner make one 6-voxel lesion,
+    kept at a 5-voxel threshold (6-connectivity would see two lesions of 3 and drop both)."""
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1, 1, 1:4] = 2
+    labels[2, 2, 4:7] = 2  # touches (1, 1, 3) only diagonally
+    kept = remove_small_lesions(labels, min_mm3=5.0, voxel_mm3=1.0)
+    assert (kept == 2).sum() == 6
+    from scipy import ndimage
+
+    assert ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))[1] == 1
+    assert ndimage.label(labels == 2)[1] == 2  # what 6-connectivity would see

@@ -197,3 +197,16 @@ def test_balanced_sampler_rejects_impossible_settings(labels, positives):
 
     with pytest.raises(ValueError):
         BalancedBatchSampler(labels, batch_size=4, positives=positives, seed=0)
+
+
+def test_the_sampler_gives_each_class_its_own_count_and_new_batches_each_epoch():
+    labels = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # 2 positives, 10 negatives
+    one_positive = BalancedBatchSampler(labels, batch_size=4, positives=1, seed=0)
+    batches = list(one_positive)
+    assert len(batches) == 3
+    for batch in batches:
+        assert sorted(labels[i] for i in batch) == [0, 0, 0, 1]  # 1 positive and 3 negatives
+    three_positives = list(BalancedBatchSampler(labels, batch_size=4, positives=3, seed=0))
+    assert all(sorted(labels[i] for i in b) == [0, 1, 1, 1] for b in three_positives)
+    # the engine reseeds the sampler every epoch: another seed, other batches
+    assert list(BalancedBatchSampler(labels, 4, 1, seed=1)) != batches

@@ -64,6 +64,10 @@ def test_split_file_from_prepared_data(tmp_path, prepared_dir, split_cfg):
         for fold in entry["kfold"] + entry["loco"]:
             assert not test & (set(fold["train"]) | set(fold["val"]))  # no fold sees the test set
     assert "holdout" in result["task1"] and "holdout" not in result["task2"]
+    # Task 1 tunes inside the hold-out's training patients: the scoring hold-out chooses nothing
+    holdout, tuning = result["task1"]["holdout"], result["task1"]["tuning"]
+    assert set(tuning["train"]) | set(tuning["val"]) == set(holdout["train"])
+    assert not set(tuning["val"]) & set(holdout["val"]) and tuning["val"]
     assert "test" not in result["task1"]
     assert len(result["task3"]["test"]) == max(
         1, round(split_cfg.test_fraction * result["task3"]["patients"])

@@ -74,12 +74,21 @@ def test_optimizer_state_goes_to_its_own_folder_and_resumes_from_there(
     assert checkpoints.load_checkpoint(state / "last.pt")["epoch"] == 2
 
 
-def test_a_checkpoint_of_another_config_is_not_resumed(project_cfg, tmp_path):
+def test_a_checkpoint_of_another_config_is_not_resumed(project_cfg, tmp_path, caplog):
     task, train_ids, val_ids = _task_and_fold(project_cfg)
     cfg = project_cfg.seg.train.model_copy(update={"epochs": 1})
     engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="a")
-    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="b")
-    assert [h["epoch"] for h in result.history] == [1]  # trained afresh, not "already done"
+    steps: list[int] = []
+    loss = task.loss
+    task.loss = lambda *args: (steps.append(1), loss(*args))[1]  # counts training steps
+    with caplog.at_level("WARNING"):
+        result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="b")
+    assert steps, "resumed a checkpoint of another config instead of training afresh"
+    assert "written under another config; starting afresh" in caplog.text
+    assert [h["epoch"] for h in result.history] == [1]
+    steps.clear()
+    engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="b")  # its own: resumed, done
+    assert not steps
 
 
 def test_non_finite_loss_in_fp32_stops_with_a_clear_error(project_cfg, tmp_path):
