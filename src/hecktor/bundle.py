@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from hecktor import io
 from hecktor.checkpoints import load_checkpoint
-from hecktor.config import Config
+from hecktor.config import Config, problems_of
 from hecktor.errors import UserError
 from hecktor.fingerprints import files_digest
 
@@ -51,9 +51,7 @@ class Bundle:
         try:
             checked = type(settings).model_validate(settings.model_dump() | values)
         except ValidationError as err:
-            wrong = "; ".join(f"{section}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                              for e in err.errors())  # fmt: skip
-            raise UserError(wrong) from None
+            raise UserError("; ".join(problems_of(err, section))) from None
         config = self.manifest["config"] | {section: checked.model_dump(mode="json")}
         return Bundle(self.root, self.manifest | {"config": config})
 

@@ -351,9 +351,7 @@ def override(section: S, **values: Any) -> S:
     except ValidationError as err:
         name = next((n for n, f in Config.model_fields.items() if f.annotation is type(section)),
                     type(section).__name__)  # fmt: skip
-        wrong = [f"{'.'.join(map(str, (name, *e['loc'])))}: {e['msg']} (got {e.get('input')!r})"
-                 for e in err.errors()]  # fmt: skip
-        raise ConfigError("; ".join(wrong)) from None
+        raise ConfigError("; ".join(problems_of(err, name))) from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -367,14 +365,17 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def problems_of(err: ValidationError, *prefix: str) -> list[str]:
+    """Each error of a validation as ``dotted.key: message (got value)``."""
+    return [f"{'.'.join(map(str, (*prefix, *e['loc'])))}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()]  # fmt: skip
+
+
 def _validate(data: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        lines = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
-        ]
+        lines = problems_of(err)
         raise ConfigError(f"invalid params ({where}):\n  " + "\n  ".join(lines)) from None
 
 
@@ -481,10 +482,11 @@ def read_tuned(cfg: Config, task: str) -> dict[str, Any] | None:
 
 
 def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one mapping of dotted keys (``{"train": {"lr": 1}}`` -> ``train.lr``)."""
+    """Nested mappings as one mapping of dotted keys (``{"train": {"lr": 1}}`` -> ``train.lr``);
+    an empty mapping leaves no key."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out |= flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value

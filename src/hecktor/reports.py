@@ -23,6 +23,13 @@ from hecktor.config import Config, read_tuned, tuned_difference, tuned_file
 _LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.85), (1.0, 0.85, 0.0, 0.85)])
 
 
+def _label_legend(fig) -> None:
+    """The label colours' key, under the panels."""
+    fig.legend(handles=[Patch(color=_LABEL_COLOURS(1), label="GTVp"),
+                        Patch(color=_LABEL_COLOURS(2), label="GTVn")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)  # fmt: skip
+
+
 def label_mip(labels: np.ndarray, axis: int = 1) -> np.ndarray:
     """Label MIP that shows GTVp over GTVn where both project onto one pixel."""
     gtvn = (labels == 2).any(axis=axis) * 2
@@ -64,9 +71,7 @@ def mip_figure(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{title}: {what}" if col == 0 else what, fontsize=8)
-    fig.legend(handles=[Patch(color=_LABEL_COLOURS(1), label="GTVp"),
-                        Patch(color=_LABEL_COLOURS(2), label="GTVn")],
-               loc="lower center", ncol=2, fontsize=8, frameon=False)  # fmt: skip
+    _label_legend(fig)
     fig.tight_layout(rect=(0, 0.4 / (2.6 * rows + 0.4), 1, 1))
     return fig
 
@@ -91,9 +96,7 @@ def qc_figure(title: str, image: np.ndarray, pet_scale: tuple[float, float],
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.legend(handles=[Patch(color=_LABEL_COLOURS(1), label="GTVp"),
-                        Patch(color=_LABEL_COLOURS(2), label="GTVn")],
-               loc="lower center", ncol=2, fontsize=8, frameon=False)  # fmt: skip
+    _label_legend(fig)
     fig.suptitle(f"{title}\n{notes}", fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hecktor import io
-from hecktor.config import Config
+from hecktor.config import Config, flat
 from hecktor.fingerprints import prepared_digest
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -183,16 +183,7 @@ class Tracker:
             self._client.log_figure(self.run_id, figure, name)
 
 
-def flatten(data: dict, prefix: str = "") -> dict[str, object]:
-    """Nested config dict -> dotted keys, for MLflow params."""
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+flatten = flat  # nested config or results -> dotted keys, for MLflow params and metrics
 
 
 @contextlib.contextmanager

@@ -205,7 +205,7 @@ def summarise(task: RFSTask, oof: pd.DataFrame, test: pd.DataFrame, resamples: i
     if len(loco):
         out["loco"] = score(loco["PatientID"], loco["risk"])
     if len(test):
-        best = max(out["folds"], key=lambda f: np.nan_to_num(out["folds"][f]["c_index"], nan=-1))
+        best = _best_fold(out["folds"])
         wide = test.pivot(index="PatientID", columns="fold", values="risk")
         out["test_best_fold"] = {"fold": best, **score(wide.index, wide[best])}
         out["test_ensemble"] = score(wide.index, wide.mean(axis=1))
