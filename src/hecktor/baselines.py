@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from hecktor.metrics import GTVN, GTVP
+from hecktor.labels import GTVN, GTVP
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 

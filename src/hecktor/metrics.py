@@ -14,19 +14,24 @@ Choices the organisers left open, fixed here and tested:
   F1agg = 2TP / (2TP + FP + FN) pooled over patients; 1.0 when there are no lesions at all.
 * **C-index** (Harrell): higher prediction = higher risk. A pair is comparable when the shorter time
   is an event; at tied times an event and a censored case are comparable (the censored one outlived
-  the event), two events are not. Tied predictions count 0.5. Same result as
-  ``lifelines.utils.concordance_index(time, -risk, event)``.
-* **Balanced accuracy**: mean recall over the classes present in the truth.
+  the event), two events are not. Tied predictions count 0.5: lifelines' ``concordance_index``
+  on ``-risk``; NaN when no pair is comparable.
+* **Balanced accuracy** (scikit-learn's): mean recall over the classes present in the truth.
+* **AUC** (scikit-learn's ``roc_auc_score``): NaN when one class is absent.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from lifelines.utils import concordance_index
 from scipy import ndimage
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-GTVP, GTVN = 1, 2
+from hecktor.labels import GTVN, GTVP
+
 IOU_THRESHOLD = 0.3
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -150,13 +155,10 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         raise ValueError(f"lengths differ: time {len(time)}, event {len(event)}, risk {len(risk)}")
     if not np.all(np.isfinite(risk)):
         raise ValueError("risk contains NaN or infinite values")
-    ti, tj = time[:, None], time[None, :]
-    comparable = event[:, None] & ((ti < tj) | ((ti == tj) & ~event[None, :]))
-    if not comparable.any():
+    try:
+        return float(concordance_index(time, -risk, event))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset"
         return float("nan")
-    ri, rj = risk[:, None], risk[None, :]
-    score = np.where(ri > rj, 1.0, np.where(ri == rj, 0.5, 0.0))
-    return float(score[comparable].sum() / comparable.sum())
 
 
 def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -164,20 +166,19 @@ def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
         raise ValueError(f"shapes differ: truth {truth.shape}, prediction {pred.shape}")
-    classes = np.unique(truth)
-    if classes.size == 0:
+    if truth.size == 0:
         return float("nan")
-    return float(np.mean([np.mean(pred[truth == c] == c) for c in classes]))
+    with warnings.catch_warnings():  # a predicted class absent from the truth: ignored, as said
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(truth, pred))
 
 
 def auc(truth: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half); NaN when one class is absent."""
     truth, score = np.asarray(truth).astype(bool), np.asarray(score, dtype=float)
-    pos, neg = score[truth], score[~truth]
-    if pos.size == 0 or neg.size == 0:
+    if truth.all() or not truth.any():
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (pos.size * neg.size))
+    return float(roc_auc_score(truth, score))
 
 
 def winner(network: float, baseline: float) -> str:

@@ -18,7 +18,7 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 from torch import nn
 
-from hecktor.metrics import GTVN, GTVP
+from hecktor.labels import GTVN, GTVP
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 

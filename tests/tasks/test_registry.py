@@ -33,7 +33,7 @@ from tests.conftest import ROOT
 # --------------------------------------------------------------------------- the package's specs
 
 STAGE_HOMES = {"build": "hecktor.tasks.", "bundle": "hecktor.tasks.",
-               "predictor": "hecktor.tasks.", "crossval": "hecktor.crossval.",
+               "predictor": "hecktor.inference.predictors:", "crossval": "hecktor.crossval.",
                "inputs": "hecktor.derive"}  # fmt: skip
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from hecktor.config import override
 from hecktor.data.preprocess import load_prepared, prepared_grid
-from hecktor.tasks.rfs import RFSTask, rfs_input
+from hecktor.networks import rfs_input
+from hecktor.tasks.rfs import RFSTask
 
 
 @pytest.mark.parametrize(("pool", "box_mm"), [(1, None), (2, None), (2, (36.0, 30.0, 42.0))])

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 
-from hecktor import io, metrics, reports, tracking
+from hecktor import figures, io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
 from hecktor.data.folds import folds_of, load_splits
@@ -227,12 +227,12 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     plots = Path(cfg.paths.plots) / "hpv"
     plots.mkdir(parents=True, exist_ok=True)
     _write_curves(plots, task, oof, tested)
-    reports.save_figure(reports.roc_figure(_roc_inputs(task, oof, tested, base_oof, base_test)),
+    figures.save_figure(reports.roc_figure(_roc_inputs(task, oof, tested, base_oof, base_test)),
                         plots / "roc.png")  # fmt: skip
     matrices = {"cross-validation": net["confusion_cv"]}
     if "confusion_test_ensemble" in net:
         matrices["test (ensemble)"] = net["confusion_test_ensemble"]
-    reports.save_figure(reports.confusion_figure(matrices), plots / "confusion.png")
+    figures.save_figure(reports.confusion_figure(matrices), plots / "confusion.png")
     io.write_json(Path(cfg.paths.metrics) / "hpv.json", result)
     io.write_text(Path(cfg.paths.reports) / "hpv.md", render_report(result))
     if track:

@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hecktor import baselines, evaluation, io, metrics, reports, tracking
+from hecktor import baselines, evaluation, figures, io, metrics, reports, tracking
 from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config, SegConfig
 from hecktor.data import layout
@@ -79,8 +79,8 @@ def _predict(cfg: Config, folds, pred_root: Path) -> list[tuple]:
                 _write_mask(pred_root / f"{variant}_pp" / f"{patient}.nii.gz", cleaned, case.meta)
                 shown = variant == "swa" or "swa" not in models
                 if shown:
-                    projections[patient] = (suv.max(axis=1), reports.label_mip(cleaned),
-                                            reports.label_mip(np.asarray(case.label)))  # fmt: skip
+                    projections[patient] = (suv.max(axis=1), figures.label_mip(cleaned),
+                                            figures.label_mip(np.asarray(case.label)))  # fmt: skip
             base = baselines.pet_threshold(
                 suv, task.voxel_mm3, seg.baseline_suv, seg.min_lesion_mm3
             )
@@ -177,7 +177,7 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     shown = reports.spread(
         {p: np.nan if v is None else v for p, v in dsc.items()}, seg.figure_cases
     )
-    figure = reports.mip_figure([(f"{p} ({place}, GTVp DSC {dsc[p]:.2f})", *projections[p])
+    figure = figures.mip_figure([(f"{p} ({place}, GTVp DSC {dsc[p]:.2f})", *projections[p])
                                  for p, place in shown])  # fmt: skip
     plots = Path(cfg.paths.plots) / "seg"
     plots.mkdir(parents=True, exist_ok=True)

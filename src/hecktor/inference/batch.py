@@ -37,6 +37,7 @@ from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
 from hecktor.fingerprints import file_sha256, json_digest
 from hecktor.inference.sources import Bundles
+from hecktor.labels import LABELS
 from hecktor.tasks import TASKS
 from hecktor.tasks.spec import MASK, Outcome, PatientInputs, resolve
 
@@ -416,10 +417,6 @@ def _predict_each(bundles: Bundles, patients: list[NewPatient], parts: Path, out
         io.write_json(part, {"key": patient_key, "models": key, "row": prediction.row,
                              "mask": prediction.mask is not None})  # fmt: skip
     return failures, skipped
-
-
-# label values of the masks, with the colours of the figures: for 3D Slicer and ITK-SNAP
-LABELS = ((1, "GTVp", (26, 204, 51)), (2, "GTVn", (255, 217, 0)))
 
 
 def write_label_tables(output: Path) -> list[Path]:

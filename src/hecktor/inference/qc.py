@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hecktor.figures import qc_figure, save_figure
 from hecktor.inference.batch import Prediction
-from hecktor.reports import qc_figure, save_figure
 
 
 def notes_of(row: dict[str, object]) -> str:

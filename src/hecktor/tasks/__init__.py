@@ -1,8 +1,8 @@
 """The tasks, declared once: :data:`TASKS` maps each name to its :class:`TaskSpec`.
 
-What differs per task (model, loss, data, validation, bundle, prediction) lives in its own module
-(:mod:`hecktor.tasks.seg`, :mod:`~hecktor.tasks.hpv`, :mod:`~hecktor.tasks.rfs`) and its scoring
-stage in :mod:`hecktor.crossval`; the training engine, the pipeline stages, the registry, the
+What differs per task (model, loss, data, validation, bundle) lives in its own module
+(:mod:`hecktor.tasks.seg`, :mod:`~hecktor.tasks.hpv`, :mod:`~hecktor.tasks.rfs`), its predictor in
+:mod:`hecktor.inference.predictors` and its scoring stage in :mod:`hecktor.crossval`; the training engine, the pipeline stages, the registry, the
 report and ``predict`` take everything else from the spec. Upstream tasks come first: this is the
 order tasks are registered, reported and predicted in.
 """
@@ -17,10 +17,12 @@ from hecktor.tasks.spec import MASK, Fold, TaskSpec, resolve
 
 
 def _in_package(name: str, **declared: Any) -> TaskSpec:
-    """A task whose settings are the config section ``name`` and whose runner, bundle contents
-    and predictor are ``build``, ``bundle`` and ``predictor`` of :mod:`hecktor.tasks.<name>`."""
-    code = {stage: f"hecktor.tasks.{name}:{stage}" for stage in ("build", "bundle", "predictor")}
-    return TaskSpec(name=name, section=name, **code, **declared)
+    """A task whose settings are the config section ``name``, whose runner and bundle contents
+    are ``build`` and ``bundle`` of :mod:`hecktor.tasks.<name>` and whose predictor is ``<name>``
+    of :mod:`hecktor.inference.predictors`."""
+    code = {stage: f"hecktor.tasks.{name}:{stage}" for stage in ("build", "bundle")}
+    predictor = f"hecktor.inference.predictors:{name}"
+    return TaskSpec(name=name, section=name, predictor=predictor, **code, **declared)
 
 
 SEG = _in_package(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
-from hecktor.bundle import Bundle
-from hecktor.checkpoints import best_fold, kfold_checkpoints, load_checkpoint, restored
+from hecktor.checkpoints import best_fold, kfold_checkpoints, load_checkpoint
 from hecktor.config import Config, HpvConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
@@ -23,22 +21,16 @@ from hecktor.data.loading import (
     PreparedDataset,
     augmented_dataset,
 )
-from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
+from hecktor.data.preprocess import load_prepared, prepared_grid
 from hecktor.fingerprints import file_sha256
-from hecktor.models.hpv import HPVNet
-from hecktor.models.segmentation import Plan, build_segmenter
+from hecktor.models.segmentation import Plan
+from hecktor.networks import hpv_network, seg_plan
 from hecktor.planning import within
 from hecktor.prediction import hpv_features, hpv_logit
 from hecktor.tasks import task_folds
-from hecktor.tasks.seg import plan_of, seg_plan
-from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
+from hecktor.tasks.spec import BundleContent
 
 log = logging.getLogger(__name__)
-
-
-def hpv_network(cfg: HpvConfig, plan: Plan, encoder: ClinicalEncoder) -> HPVNet:
-    """Task 3's network: the planned Task 1 network, a head and the clinical MLP."""
-    return HPVNet(build_segmenter(plan), encoder.width, cfg.mlp_width, cfg.dropout)
 
 
 class ClinicalDataset(Dataset):
@@ -200,30 +192,3 @@ def bundle(cfg: Config, result: dict) -> BundleContent:
                  "baseline_cv": result["baseline"]["cv"]},
         extra={"threshold": "logit > 0"},
     )  # fmt: skip
-
-
-def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
-    """Each fold's logit from the image and the clinical row; status 1 when their mean is > 0."""
-    seg_cfg: SegConfig = bundle.settings("seg")
-    cfg: HpvConfig = bundle.settings("hpv")
-    spacing, shape = grid_of(bundle.manifest["prepared"])
-    members = []
-    for member in bundle.members:
-        state = bundle.weights(member, device)
-        encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
-        plan = plan_of(state) or seg_plan(seg_cfg, spacing, shape)
-        model = restored(hpv_network(cfg, plan, encoder), state, device)
-        members.append((member["fold"], model, encoder))
-
-    def predict(inputs: PatientInputs) -> Outcome:
-        steps = {"device": device, "autocast": autocast}
-        logits = {
-            fold: hpv_logit(model, hpv_features(model, inputs.image, **steps),
-                            encoder.transform(inputs.clinical)[0], **steps)
-            for fold, model, encoder in members
-        }  # fmt: skip
-        logit = float(np.mean(list(logits.values())))
-        return Outcome({"HPV_probability": 1.0 / (1.0 + math.exp(-logit)),
-                        "HPV_status": int(logit > 0)}, members=logits)  # fmt: skip
-
-    return predict

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,45 +13,23 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
-from hecktor.bundle import Bundle
-from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from, restored
+from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from
 from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
-from hecktor.data.preprocess import WHOLE, StoredCase, grid_of, prepared_grid
+from hecktor.data.preprocess import StoredCase, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
 from hecktor.losses import cox_loss
-from hecktor.models.survival import SurvivalNet
-from hecktor.prediction import lesion_box, rfs_risk, survival_input
+from hecktor.networks import rfs_input, rfs_network
+from hecktor.prediction import rfs_risk
 from hecktor.tasks import task_folds
-from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
+from hecktor.tasks.spec import BundleContent
 
 # the Task 3 fold whose HPV status the paper's chain uses, in the folder of Task 2's inputs
 SINGLE_FOLD = "single_fold.json"
 # Task 2's inputs: true masks and HPV; predicted masks and HPV (out of fold, else the Task 3
 # ensemble's); predicted masks with HPV from one Task 3 fold model (the paper's submission)
 INPUTS = ("gt", "pred", "pred_single")
-
-
-def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
-    """Task 2's network for the clinical encoding a fold fitted."""
-    return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
-
-
-def rfs_input(
-    cfg: RfsConfig,
-    mask: np.ndarray,
-    spacing: Sequence[float],
-    read: Callable[[tuple[slice, ...]], np.ndarray],
-) -> np.ndarray:
-    """Task 2's input on ``rfs``'s grid: ``read`` gives the prepared image (2, ...) of a box of the
-    volume (all of it, or ``rfs.input_box_mm`` around the lesions of ``mask``, a mask on its
-    grid), so that only that box need be read."""
-    box = WHOLE
-    if cfg.input_box_mm is not None:
-        size = [max(1, round(mm / s)) for mm, s in zip(cfg.input_box_mm, spacing, strict=True)]
-        box = lesion_box(mask, size)
-    return survival_input(read(box), mask[box], cfg.input_pool)
 
 
 def rfs_inputs_dir(cfg: Config) -> Path:
@@ -248,38 +226,3 @@ def bundle(cfg: Config, result: dict) -> BundleContent:
                  "baseline_clinical_cv": result["baseline_clinical"]["cv"]},
         extra=extra,
     )  # fmt: skip
-
-
-def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
-    """Each member's standardised risk from the images, the predicted masks and the clinical row
-    with Task 3's HPV status (the ensemble's, or in the paper's chain one Task 3 fold's); their
-    mean."""
-    cfg: RfsConfig = bundle.settings("rfs")
-    hpv_fold = bundle.manifest.get("hpv_fold")
-    spacing, _ = grid_of(bundle.manifest["prepared"])
-    members = []
-    for member in bundle.members:
-        state = bundle.weights(member, device)
-        encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
-        model = restored(rfs_network(cfg, encoder), state, device)
-        members.append((model, encoder, member["risk_mean"], member["risk_std"]))
-
-    def predict(inputs: PatientInputs) -> Outcome:
-        image = rfs_input(cfg, inputs.upstream["seg"].labels, spacing,
-                          lambda box: inputs.image[(slice(None), *box)])  # fmt: skip
-        hpv = inputs.upstream["hpv"]
-        status = float(hpv.columns["HPV_status"])
-        if hpv_fold is not None:
-            if hpv_fold not in hpv.members:
-                raise UserError(f"the Task 2 model takes HPV status from Task 3 fold {hpv_fold}; "
-                                 f"the Task 3 model has {', '.join(hpv.members) or 'no folds'}")  # fmt: skip
-            status = float(hpv.members[hpv_fold] > 0)
-        clinical = inputs.clinical.assign(**{"HPV Status": status})
-        risks = [
-            (rfs_risk(model, image, encoder.transform(clinical)[0], device=device,
-                      autocast=autocast) - mean) / std
-            for model, encoder, mean, std in members
-        ]  # fmt: skip
-        return Outcome({"RFS_risk": float(np.mean(risks))})
-
-    return predict

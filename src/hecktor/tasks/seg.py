@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,28 +12,15 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
-from hecktor.bundle import Bundle
-from hecktor.checkpoints import best_fold, restored
+from hecktor.checkpoints import best_fold
 from hecktor.config import Config, SegConfig
 from hecktor.data.loading import augmented_dataset
-from hecktor.data.preprocess import grid_of, load_prepared, prepared_grid
+from hecktor.data.preprocess import load_prepared, prepared_grid
 from hecktor.errors import UserError
-from hecktor.models.segmentation import Plan, build_segmenter, make_plan
-from hecktor.planning import within
-from hecktor.prediction import remove_small_lesions, segment, segment_probabilities
-from hecktor.tasks.spec import BundleContent, Outcome, PatientInputs, Predict
-
-
-def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> Plan:
-    """Task 1's network planned from the config, its patch clipped to the prepared volume."""
-    patch = within(cfg.patch_size, shape)
-    return make_plan(cfg.network, patch, spacing, cfg.base_filters, cfg.max_filters)
-
-
-def plan_of(state: dict) -> Plan | None:
-    """The plan a checkpoint's network was built from (None in checkpoints older than plans)."""
-    plan = state.get("task", {}).get("plan")
-    return Plan.from_dict(plan) if plan else None
+from hecktor.models.segmentation import Plan, build_segmenter
+from hecktor.networks import seg_plan
+from hecktor.prediction import segment
+from hecktor.tasks.spec import BundleContent
 
 
 class SegmentationTask:
@@ -114,25 +101,3 @@ def bundle(cfg: Config, result: dict) -> BundleContent:
         metrics={"holdout": result["variants"][result["chosen"]],
                  "baseline": result["variants"].get("baseline")},
     )  # fmt: skip
-
-
-def predictor(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
-    """Segment on the prepared grid, then drop lesions below ``seg.min_lesion_mm3``."""
-    cfg: SegConfig = bundle.settings("seg")
-    spacing, shape = grid_of(bundle.manifest["prepared"])
-    state = bundle.weights(bundle.members[0], device)
-    # bundles of networks trained before plans were saved: planned from their config
-    plan = plan_of(state) or seg_plan(cfg, spacing, shape)
-    model = restored(build_segmenter(plan), state, device)
-    voxel_mm3 = float(np.prod(spacing))
-
-    def predict(inputs: PatientInputs) -> Outcome:
-        probabilities = segment_probabilities(
-            model, inputs.image, plan.patch, overlap=cfg.sw_overlap,
-            sw_batch_size=cfg.sw_batch_size, device=device, autocast=autocast,
-        )  # fmt: skip
-        labels = probabilities.argmax(0).numpy().astype(np.uint8)
-        return Outcome(labels=remove_small_lesions(labels, cfg.min_lesion_mm3, voxel_mm3),
-                       probabilities=probabilities.numpy().astype(np.float16))  # fmt: skip
-
-    return predict
