@@ -40,8 +40,8 @@ from hecktor.config import Config, RfsConfig, load_config, override
 from hecktor.data.loading import PreparedDataset, augment_batch
 from hecktor.data.preprocess import StoredCase, prepare_release, prepared_grid
 from hecktor.data.synthetic import synthesize
+from hecktor.networks import rfs_input
 from hecktor.reports import markdown_table
-from hecktor.tasks.rfs import rfs_input
 from hecktor.tasks.seg import SegmentationTask
 
 

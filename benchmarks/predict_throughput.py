@@ -33,8 +33,8 @@ from hecktor.inference.batch import Predictor
 from hecktor.inference.sources import load_bundles
 from hecktor.metrics import dice
 from hecktor.models.segmentation import build_segmenter
+from hecktor.networks import plan_of, seg_plan
 from hecktor.prediction import segment
-from hecktor.tasks.seg import plan_of, seg_plan
 
 
 def plain_fp32(model, image: np.ndarray, patch) -> np.ndarray:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hecktor import __version__
 from hecktor.cli import build_parser, main
 from hecktor.config import load_config, tuned_for
 from hecktor.errors import UserError
@@ -46,10 +47,13 @@ def test_every_verb_has_help(verb, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run(
-        [sys.executable, "-m", "hecktor.cli", "--version"], capture_output=True, text=True
-    )
-    assert result.returncode == 0 and "hecktor" in result.stdout
+    """The `hecktor` command the install puts beside this Python (not `python -m`)."""
+    script = Path(sys.executable).parent / "hecktor"
+    assert script.is_file(), f"{script}: not installed; pip install -e ."
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"hecktor {__version__}"
+    bad = subprocess.run([str(script), "train", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
 
 
 def test_synth_prepare_split_from_the_command_line(tmp_path, monkeypatch):
@@ -61,6 +65,19 @@ def test_synth_prepare_split_from_the_command_line(tmp_path, monkeypatch):
     assert main(["prepare", *params, "--release", "rel", "--out", "prep", "--workers", "2"]) == 0
     assert main(["split", *params, "--prepared", "prep", "--out", "splits.json"]) == 0
     assert len(pd.read_csv(tmp_path / "prep" / "cases.csv")) == 5
+
+
+def test_validate_reads_and_writes_nothing(tmp_path, release_copy, monkeypatch):
+    """validate only reads: no file appears or changes, in the release or where it runs."""
+    monkeypatch.chdir(tmp_path)
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")}
+
+    before = snapshot()
+    params = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    assert main(["validate", *params, "--release", str(release_copy)]) == 0
+    assert snapshot() == before
 
 
 def test_bad_release_exits_non_zero_with_the_patient_named(tmp_path, release_copy, caplog):

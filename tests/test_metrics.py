@@ -41,16 +41,6 @@ def test_gtvn_dsc_agg_absent_everywhere_is_one():
     assert metrics.gtvn_dsc_agg([_vol()], [_vol()], [1.0]) == 1.0
 
 
-def test_lesions_are_26_connected():
-    mask = np.zeros((3, 3, 3), bool)
-    mask[0, 0, 0] = mask[1, 1, 1] = True  # touch at a corner only
-    assert metrics.lesions(mask)[1] == 1
-    mask[2, 2, 2] = False
-    far = np.zeros((3, 3, 5), bool)
-    far[0, 0, 0] = far[0, 0, 4] = True
-    assert metrics.lesions(far)[1] == 2
-
-
 def test_detection_hand_worked():
     truth = np.zeros((1, 4, 20), bool)
     pred = np.zeros_like(truth)

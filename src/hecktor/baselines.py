@@ -11,15 +11,14 @@ import numpy as np
 from scipy import ndimage
 
 from hecktor.labels import GTVN, GTVP
-
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+from hecktor.lesions import components
 
 
 def pet_threshold(
     suv: np.ndarray, voxel_mm3: float, threshold: float = 2.5, min_mm3: float = 100.0
 ) -> np.ndarray:
     """Label map (Z, Y, X) from a PET in SUV on an identity-direction grid (z increasing upwards)."""
-    comps, count = ndimage.label(suv >= threshold, structure=_STRUCTURE_26)
+    comps, count = components(suv >= threshold)
     labels = np.zeros(suv.shape, dtype=np.uint8)
     if count == 0:
         return labels

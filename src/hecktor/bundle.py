@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from hecktor import io
@@ -65,6 +66,21 @@ class Bundle:
     def digest(self) -> str:
         """Digest of the manifest and every weights file: equal bundles, equal digests."""
         return files_digest([self.root / MANIFEST, *(self.root / m["file"] for m in self.members)])
+
+
+def bundle_folder(path: Path) -> Path:
+    """The bundle in ``path``: the folder itself, or the one an MLflow model folder holds (the
+    registry's form, :mod:`hecktor.inference.pyfunc`)."""
+    mlmodel = path / "MLmodel"
+    if not mlmodel.is_file():
+        return path
+    flavor = (
+        (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    )
+    inside = (flavor.get("artifacts") or {}).get("bundle", {}).get("path")
+    if inside is None:
+        raise UserError(f"{path}: an MLflow model without a hecktor bundle")
+    return path / inside
 
 
 def load_bundle(root: Path | str) -> Bundle:

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
@@ -38,6 +39,7 @@ from hecktor.tasks import TASKS, lineage, spec_of
 from hecktor.tasks.spec import resolve
 
 log = logging.getLogger("hecktor")
+REGISTERED = "registered.json"  # in <paths.models>: what `register` registered (a DVC output)
 
 
 def _common(defaults: bool = True) -> argparse.ArgumentParser:
@@ -156,18 +158,21 @@ def _derive(args: argparse.Namespace, cfg: Config) -> None:
 
 def _register(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor import tracking
-    from hecktor.bundle import load_bundle
-    from hecktor.register import build_bundles
+    from hecktor.register import build_bundles, register_models
 
-    built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles", args.tasks)
     if args.no_track:
+        built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles", args.tasks)
         log.info("bundles written to %s (not registered)", ", ".join(map(str, built.values())))
         return
-    tags = tracking.run_tags(cfg)
-    for path in built.values():
-        result = tracking.register_bundle(load_bundle(path), cfg.paths.mlruns, tags)
+    # a task's model chains the versions of the tasks it builds on: they are registered with it
+    tasks = [t for name in args.tasks or TASKS for t in lineage(name)]
+    with tempfile.TemporaryDirectory(prefix="hecktor-bundles-") as tmp:
+        built = build_bundles(cfg, args.out or tmp, tasks)
+        registered = register_models(cfg, built, tracking.run_tags(cfg))
+    for result in registered.values():
         log.info("%s version %s (CV score %s): %s", result["name"], result["version"],
                  result["score"], result["alias"])  # fmt: skip
+    io.write_json(Path(cfg.paths.models) / REGISTERED, registered)
 
 
 def _task_names(value: str) -> list[str]:
@@ -199,7 +204,6 @@ def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> None:
-    import tempfile
 
     from hecktor.inference.sources import export_bundles
 
@@ -210,7 +214,6 @@ def _export(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
-    import tempfile
 
     from hecktor.inference.batch import Extras, predict_container, predict_folder
 
@@ -391,8 +394,14 @@ def _model_verbs(verbs, common: argparse.ArgumentParser) -> None:
                          description="Bundle each task's models (weights, config, CV metrics, versions) and "
                          f"register them as {names}. The alias 'champion' moves to a "
                          "new version only if its cross-validated score beats the champion's; otherwise the new "
-                         "version becomes 'challenger'. An unchanged bundle is not registered twice.")  # fmt: skip
-    p.add_argument("--out", help="bundle folder (default: <paths.models>/bundles)")
+                         "version becomes 'challenger'. An unchanged bundle is not registered twice. Each is an "
+                         "MLflow model (mlflow.pyfunc.load_model, mlflow models serve) logged from the run that "
+                         f"scored it; the versions are listed in <paths.models>/{REGISTERED}.")  # fmt: skip
+    p.add_argument(
+        "--out",
+        help="also keep the bundles in this folder (with --no-track, default: "
+        "<paths.models>/bundles)",
+    )
     p.add_argument("--no-track", action="store_true", help="write the bundles only")
     p.add_argument("tasks", nargs="*", metavar="TASK",
                    help=f"tasks to register (default: all of {', '.join(TASKS)})")  # fmt: skip

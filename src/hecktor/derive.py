@@ -37,7 +37,7 @@ from hecktor.data.preprocess import load_prepared
 from hecktor.data.splits import fold_predictions
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.fingerprints import files_digest, training_code
-from hecktor.prediction import remove_small_lesions
+from hecktor.lesions import remove_small_lesions
 from hecktor.tasks import task_folds
 from hecktor.tasks.hpv import HPVTask
 from hecktor.tasks.rfs import SINGLE_FOLD, rfs_inputs_dir

@@ -26,6 +26,10 @@ PACKAGE = Path(__file__).resolve().parent
 TRAINING_CODE = (
     "training",
     "tasks",
+    "networks.py",
+    "labels.py",
+    "lesions.py",
+    "data/samplers.py",
     "planning.py",
     "data/folds.py",
     "prediction.py",

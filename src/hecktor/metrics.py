@@ -27,13 +27,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from lifelines.utils import concordance_index
-from scipy import ndimage
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from hecktor.labels import GTVN, GTVP
+from hecktor.lesions import components
 
 IOU_THRESHOLD = 0.3
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -65,18 +64,12 @@ def gtvn_dsc_agg(
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a boolean mask: (labels, count)."""
-    labels, count = ndimage.label(np.asarray(mask, bool), structure=_STRUCTURE_26)
-    return labels, int(count)
-
-
 def match_lesions(
     pred: np.ndarray, truth: np.ndarray, iou_threshold: float = IOU_THRESHOLD
 ) -> tuple[int, int, int]:
     """(TP, FP, FN) of one patient's lesions, matched one to one by decreasing IoU > threshold."""
-    p_lab, n_p = lesions(pred)
-    t_lab, n_t = lesions(truth)
+    p_lab, n_p = components(pred)
+    t_lab, n_t = components(truth)
     if n_p == 0 or n_t == 0:
         return 0, n_p, n_t
     p_size = np.bincount(p_lab.ravel(), minlength=n_p + 1)
@@ -168,8 +161,9 @@ def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
         raise ValueError(f"shapes differ: truth {truth.shape}, prediction {pred.shape}")
     if truth.size == 0:
         return float("nan")
-    with warnings.catch_warnings():  # a predicted class absent from the truth: ignored, as said
+    with warnings.catch_warnings():  # one class, or a predicted class absent: as said above
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", "A single label was found")
         return float(balanced_accuracy_score(truth, pred))
 
 

@@ -10,11 +10,12 @@ import numpy as np
 from hecktor.config import HpvConfig, RfsConfig, SegConfig
 from hecktor.data.clinical import ClinicalEncoder
 from hecktor.data.preprocess import WHOLE
+from hecktor.lesions import lesion_box
 from hecktor.models.hpv import HPVNet
 from hecktor.models.segmentation import Plan, build_segmenter, make_plan
 from hecktor.models.survival import SurvivalNet
 from hecktor.planning import within
-from hecktor.prediction import lesion_box, survival_input
+from hecktor.prediction import survival_input
 
 
 def seg_plan(cfg: SegConfig, spacing: Sequence[float], shape: Sequence[int]) -> Plan:

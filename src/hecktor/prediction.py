@@ -1,5 +1,5 @@
-"""A patient's prediction as pure steps on arrays: segment (Task 1), remove small lesions, HPV
-logit (Task 3), survival risk (Task 2). Training validates, scoring scores and ``predict`` predicts
+"""A patient's prediction as pure steps on arrays: segment (Task 1; then remove small lesions,
+:mod:`hecktor.lesions`), HPV logit (Task 3), survival risk (Task 2). Training validates, scoring scores and ``predict`` predicts
 through these same functions; none of them reads or writes a file.
 
 Sliding window as in the official HECKTOR baseline: patch-sized windows, overlap 0.5, Gaussian
@@ -9,18 +9,14 @@ blending with sigma 0.125 of the window.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from scipy import ndimage
 from torch import nn
 
 from hecktor.labels import GTVN, GTVP
-
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def segment_probabilities(
@@ -54,22 +50,6 @@ def segment(model: nn.Module, image, patch_size, **kwargs) -> np.ndarray:
     )
 
 
-def remove_small_lesions(labels: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
-    """Drop 26-connected components of GTVp and GTVn smaller than ``min_mm3`` (the paper: 100)."""
-    out = labels.copy()
-    if min_mm3 <= 0:
-        return out
-    for value in (GTVP, GTVN):
-        comps, count = ndimage.label(labels == value, structure=_STRUCTURE_26)
-        if count == 0:
-            continue
-        sizes = np.bincount(comps.ravel())
-        small = np.nonzero(sizes * voxel_mm3 < min_mm3)[0]
-        small = small[small > 0]
-        out[np.isin(comps, small)] = 0
-    return out
-
-
 def hpv_features(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
@@ -94,18 +74,6 @@ def hpv_logit(
     vector = torch.as_tensor(np.asarray(clinical, dtype=np.float32))[None].to(device)
     with torch.inference_mode(), autocast():
         return float(model.logit(features, vector).float().item())
-
-
-def lesion_box(mask: np.ndarray, size: Sequence[int]) -> tuple[slice, slice, slice]:
-    """A box of ``size`` voxels around the lesions (centred on the GTVp and GTVn voxels' centre of
-    mass; on the volume's centre without any), shifted inside the volume and smaller where the
-    volume is: Task 2's region, for a new patient the predicted lesions'."""
-    mask = np.asarray(mask)
-    where = np.argwhere(mask > 0)
-    centre = where.mean(axis=0) if len(where) else (np.array(mask.shape) - 1) / 2
-    starts = [min(max(math.floor(c - r / 2 + 0.5), 0), max(s - r, 0))
-              for c, r, s in zip(centre, size, mask.shape, strict=True)]  # fmt: skip
-    return tuple(slice(a, min(a + r, s)) for a, r, s in zip(starts, size, mask.shape, strict=True))  # type: ignore[return-value]
 
 
 def survival_input(image: np.ndarray, mask: np.ndarray, pool: int = 1) -> np.ndarray:

@@ -1,20 +1,30 @@
-"""``hecktor register``'s first half: bundle a pipeline run's trained models (see
-:mod:`hecktor.bundle` for what a bundle holds; each task's spec says what it puts in it).
+"""``hecktor register``: bundle a pipeline run's trained models (see :mod:`hecktor.bundle` for what
+a bundle holds; each task's spec says what it puts in it) and register each as an MLflow model
+(:mod:`hecktor.inference.pyfunc`), linked to the runs that trained and scored it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-from hecktor import __version__
-from hecktor.bundle import FORMAT, write_bundle
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from hecktor import __version__, io, tracking
+from hecktor.bundle import FORMAT, Bundle, load_bundle, write_bundle
 from hecktor.config import Config
 from hecktor.data.preprocess import load_summary
 from hecktor.errors import UserError
-from hecktor.fingerprints import prepared_digest, training_code
-from hecktor.tasks import TASKS, config_sections, spec_of
+from hecktor.fingerprints import file_sha256, prepared_digest, training_code
+from hecktor.inference.pyfunc import save_model
+from hecktor.tasks import TASKS, config_sections, lineage, spec_of
 from hecktor.tasks.spec import TaskSpec, resolve
 
 
@@ -56,3 +66,141 @@ def build_bundles(
     wanted = {spec_of(t).name for t in tasks} if tasks else set(TASKS)
     specs = [spec for name, spec in TASKS.items() if name in wanted]
     return {s.name: build_bundle(cfg, s, Path(out) / s.registry_name) for s in specs}
+
+
+# --------------------------------------------------------------------------- the MLflow registry
+
+# what a registered model needs installed beside this package to load (see its python_env.yaml)
+_REQUIREMENTS = (
+    "torch",
+    "monai",
+    "SimpleITK",
+    "nibabel",
+    "numpy",
+    "pandas",
+    "blosc2",
+    "mlflow-skinny",
+)
+
+
+def requirements() -> list[str]:
+    """This package and what its models need, at the versions installed here."""
+    found = [f"hecktor=={__version__}"]
+    for name in _REQUIREMENTS:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(name)
+    return found
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The runs a registered model comes from: the evaluation that scored it (its source run),
+    and the training run of each member (by fold)."""
+
+    evaluation: str | None = None
+    training: dict[str, str] = field(default_factory=dict)
+
+
+def sources_of(cfg: Config, bundle: Bundle) -> Sources:
+    """Find the runs that made ``bundle`` in the task's experiment: the evaluation run tagged
+    with the digest of ``metrics/<task>.json``, and each member's training run tagged with the
+    digest of its weights file. Runs not tracked (``--no-track``) are simply not named."""
+    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    experiment = client.get_experiment_by_name(bundle.manifest["name"])
+    if experiment is None:
+        return Sources()
+
+    def latest(tag: str, value: str) -> str | None:
+        found = client.search_runs([experiment.experiment_id], f"tags.{tag} = '{value}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+        return found[0].info.run_id if found else None
+
+    metrics = Path(cfg.paths.metrics) / f"{bundle.task}.json"
+    evaluation = latest(tracking.METRICS_TAG, file_sha256(metrics)) if metrics.is_file() else None
+    training = {}
+    for member in bundle.members:
+        run = latest(tracking.WEIGHTS_TAG, file_sha256(bundle.root / member["file"]))
+        if run is not None:
+            training[str(member["fold"])] = run
+    return Sources(evaluation, training)
+
+
+def register_model(bundle: Bundle, mlruns: Path | str, tags: dict[str, str],
+                   upstream: dict[str, str] | None = None, sources: Sources | None = None,
+                   ) -> dict[str, str]:  # fmt: skip
+    """Log ``bundle`` as an MLflow model (:mod:`hecktor.inference.pyfunc`) chained to the
+    ``upstream`` versions (``{"seg": "models:/hecktor-seg/3"}``), register it as a new version
+    unless an identical one exists, and apply :func:`~hecktor.tracking.promote`.
+
+    The model is logged once, from the evaluation run that scored it (else from a
+    ``register_<task>`` run), and its version names the training runs of its members. Returns
+    the name, version, alias, score and model URI.
+    """
+    upstream, sources = dict(upstream or {}), sources or Sources()
+    experiment_id = tracking.experiment(bundle.manifest["name"], mlruns)
+    client = MlflowClient()
+    name = bundle.manifest["name"]
+    identity = {"bundle_digest": bundle.digest(), "upstream": json.dumps(upstream, sort_keys=True)}
+    score = io.figure(bundle.manifest["score"]["value"])
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=bundle.manifest.get("title", ""))
+    same = [v for v in client.search_model_versions(f"name='{name}'")
+            if all(v.tags.get(k) == value for k, value in identity.items())]  # fmt: skip
+    if same:
+        version = max(same, key=lambda v: int(v.version))
+    else:
+        version = _new_version(client, bundle, experiment_id, tags, upstream, sources, identity)
+    alias = tracking.promote(client, name, version.version, score, bundle.manifest["data"])
+    return {"name": name, "version": str(version.version), "alias": alias, "score": repr(score),
+            "uri": f"models:/{name}/{version.version}"}  # fmt: skip
+
+
+def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags: dict[str, str],
+                 upstream: dict[str, str], sources: Sources, identity: dict[str, str]):  # fmt: skip
+    name = bundle.manifest["name"]
+    with contextlib.ExitStack() as stack:
+        run_id = sources.evaluation
+        if run_id is None:
+            run_id = stack.enter_context(
+                tracking.run(experiment_id, f"register_{bundle.task}", tags)
+            ).run_id
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hecktor-register-")))
+        save_model(bundle, tmp / "model", upstream, requirements())
+        model = mlflow.initialize_logged_model(
+            name=name, source_run_id=run_id, experiment_id=experiment_id,
+            tags={"bundle_digest": identity["bundle_digest"], "cv_score": repr(bundle.manifest["score"]["value"])},
+        )  # fmt: skip
+        try:
+            client.log_model_artifacts(model.model_id, str(tmp / "model"))
+        except Exception:
+            mlflow.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        mlflow.finalize_logged_model(model.model_id, "READY")
+    version_tags = {
+        **tags,
+        **identity,
+        "cv_score": repr(io.figure(bundle.manifest["score"]["value"])),
+        "cv_metric": bundle.manifest["score"]["name"],
+        "code": bundle.manifest["code"],
+        "data": bundle.manifest["data"],
+        "evaluation_run": sources.evaluation or "",
+        **{f"training_run.{fold}": run for fold, run in sources.training.items()},
+    }
+    return client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id,
+                                       tags=version_tags, model_id=model.model_id)  # fmt: skip
+
+
+def register_models(cfg: Config, built: dict[str, Path], tags: dict[str, str]) -> dict[str, dict]:
+    """Register the bundles ``built`` (by task, upstream first: :func:`build_bundles`), each
+    chained to the versions of its upstream tasks registered here."""
+    registered: dict[str, dict] = {}
+    for task, path in built.items():
+        bundle = load_bundle(path)
+        upstream = {t: registered[t]["uri"] for t in lineage(task) if t != task}
+        registered[task] = register_model(bundle, cfg.paths.mlruns, tags, upstream,
+                                          sources_of(cfg, bundle))  # fmt: skip
+    return registered

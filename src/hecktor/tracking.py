@@ -23,9 +23,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hecktor import io
 from hecktor.config import Config, flat
-from hecktor.fingerprints import prepared_digest
+from hecktor.fingerprints import file_sha256, prepared_digest
 
 ENV = "MLFLOW_TRACKING_URI"
 
@@ -114,6 +113,12 @@ def run_tags(cfg: Config, split: str | None = None) -> dict[str, str]:
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
         tags["dvc_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
     return tags
+
+
+def evaluation_tags(cfg: Config, split: str, metrics: Path) -> dict[str, str]:
+    """An evaluation run's tags: :func:`run_tags` and the digest of the metrics file it wrote, by
+    which the model registered from those metrics names it as its source."""
+    return run_tags(cfg, split) | {METRICS_TAG: file_sha256(metrics)}
 
 
 def ui_command(mlruns: Path | str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -228,7 +233,9 @@ def run(
 # --------------------------------------------------------------------------- model registry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-REGISTRY_EXPERIMENT = "hecktor-registry"
+# run tags by which a registered model finds the runs that made it: a training fold's final
+# weights, an evaluation's metrics file (SHA-256 of the file)
+WEIGHTS_TAG, METRICS_TAG = "weights_sha256", "metrics_sha256"
 
 
 def _champion(client, name: str):
@@ -263,49 +270,10 @@ def promote(client, name: str, version: str, score: float, data: str | None = No
     return alias
 
 
-def register_bundle(bundle, mlruns: Path | str, tags: dict[str, str]) -> dict[str, str]:
-    """Log ``bundle`` as a new version of its registered model, unless the latest identical one
-    exists, and apply :func:`promote`. Returns the name, version and alias."""
-
-    experiment_id = experiment(REGISTRY_EXPERIMENT, mlruns)
-    client = MlflowClient()
-    name = bundle.manifest["name"]
-    digest = bundle.digest()
-    score = io.figure(bundle.manifest["score"]["value"])
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description=bundle.manifest.get("title", ""))
-    same = [
-        v
-        for v in client.search_model_versions(f"name='{name}'")
-        if v.tags.get("bundle_digest") == digest
-    ]
-    if same:
-        version = max(same, key=lambda v: int(v.version)).version
-    else:
-        with run(experiment_id, f"register-{name}", tags) as logged:
-            logged.log_params({"score_name": bundle.manifest["score"]["name"]})
-            logged.log_metrics({"cv_score": score})
-            logged.log_artifact_dir(bundle.root, name)
-        version_tags = {
-            **tags,
-            "bundle_digest": digest,
-            "cv_score": repr(score),
-            "cv_metric": bundle.manifest["score"]["name"],
-            "code": bundle.manifest["code"],
-            "data": bundle.manifest["data"],
-        }
-        version = client.create_model_version(
-            name, f"runs:/{logged.run_id}/{name}", run_id=logged.run_id, tags=version_tags
-        ).version
-    alias = promote(client, name, version, score, bundle.manifest["data"])
-    return {"name": name, "version": str(version), "alias": alias, "score": repr(score)}
-
-
 def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str) -> tuple[Path, str | None]:
-    """A bundle folder from a local path or any MLflow URI (``models:/hecktor-seg@champion``);
-    returns the folder and the registry version when the URI names one."""
+    """A folder from a local path or any MLflow URI (``models:/hecktor-seg@champion``: the MLflow
+    model, which holds the bundle); returns the folder and the registry version when the URI
+    names one."""
     if Path(uri).is_dir():
         return Path(uri), None
 

@@ -47,3 +47,17 @@ def store(tmp_path, monkeypatch):
     yield tmp_path / "mlruns"
     mlflow.set_tracking_uri(None)
     os.environ.pop(tracking.ENV, None)
+
+
+def register_all(bundle_dir, store, tags: dict | None = None) -> dict[str, dict]:
+    """Register the bundles of every task in a store, each chained to its upstream versions."""
+    from hecktor.bundle import load_bundle
+    from hecktor.register import register_model
+    from hecktor.tasks import TASKS, lineage
+
+    registered: dict[str, dict] = {}
+    for task, spec in TASKS.items():
+        upstream = {t: registered[t]["uri"] for t in lineage(task) if t != task}
+        bundle = load_bundle(bundle_dir / spec.registry_name)
+        registered[task] = register_model(bundle, store, tags or {}, upstream)
+    return registered

@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from hecktor import tracking
 from hecktor.bundle import FORMAT, Bundle, load_bundle, write_bundle
 from hecktor.inference.sources import Bundles, export_bundles, load_bundles, requested
+from hecktor.register import register_model
 from hecktor.tasks import TASKS
+from tests.inference.conftest import register_all
 
 NAMES = {name: spec.registry_name for name, spec in TASKS.items()}
 
@@ -60,19 +62,19 @@ def _with_score(src, dst, value):
 def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store, tmp_path, caplog):
     src = bundle_dir / "hecktor-seg"
     tags = {"profile": "tiny"}
-    first = tracking.register_bundle(_with_score(src, tmp_path / "a", 0.5), store, tags)
+    first = register_model(_with_score(src, tmp_path / "a", 0.5), store, tags)
     assert (first["version"], first["alias"]) == ("1", "champion")
-    again = tracking.register_bundle(load_bundle(tmp_path / "a"), store, tags)
+    again = register_model(load_bundle(tmp_path / "a"), store, tags)
     assert again == first  # an unchanged bundle is not registered twice
     with caplog.at_level(logging.WARNING, logger="hecktor.tracking"):
-        worse = tracking.register_bundle(_with_score(src, tmp_path / "b", 0.4), store, tags)
+        worse = register_model(_with_score(src, tmp_path / "b", 0.4), store, tags)
     assert (worse["version"], worse["alias"]) == ("2", "challenger")
     assert (
         "trained on other data" in caplog.text and "'hecktor-seg', 'champion', '2'" in caplog.text
     )
-    tie = tracking.register_bundle(_with_score(src, tmp_path / "c", 0.5), store, tags)
+    tie = register_model(_with_score(src, tmp_path / "c", 0.5), store, tags)
     assert tie["alias"] == "challenger"
-    better = tracking.register_bundle(_with_score(src, tmp_path / "d", 0.6), store, tags)
+    better = register_model(_with_score(src, tmp_path / "d", 0.6), store, tags)
     assert (better["version"], better["alias"]) == ("4", "champion")
 
     client = MlflowClient(tracking.tracking_uri(store))
@@ -86,8 +88,7 @@ def test_champion_moves_only_to_a_better_cross_validated_score(bundle_dir, store
 def test_predict_loads_the_champions_from_the_registry_and_export_copies_them(
     bundle_dir, store, tmp_path, monkeypatch
 ):
-    for name in NAMES.values():
-        tracking.register_bundle(load_bundle(bundle_dir / name), store, {})
+    register_all(bundle_dir, store)
     bundles = load_bundles(store, tmp_path / "cache")
     assert bundles["seg"].digest() == load_bundle(bundle_dir / "hecktor-seg").digest()
     assert bundles.sources["rfs"] == "models:/hecktor-rfs@champion (version 1)"

@@ -17,7 +17,7 @@ import torch
 
 from hecktor import checkpoints, devices
 from hecktor.data.folds import folds_of
-from hecktor.data.loading import BalancedBatchSampler
+from hecktor.data.samplers import BalancedBatchSampler
 from hecktor.tasks.seg import SegmentationTask
 from hecktor.training import engine
 from tests.conftest import PoisonedSegmentation
@@ -154,6 +154,62 @@ def test_a_run_resumed_across_a_fallback_ends_with_the_same_weights(project_cfg,
     assert a["epoch"] == b["epoch"] == total
     assert _same_weights(a["model"], b["model"])
     assert a["precision"] == b["precision"]
+
+
+def test_fp16_trains_through_the_loss_scaler_and_a_resumed_run_keeps_its_scale(
+    project_cfg, tmp_path
+):
+    """fp16 AMP (GPUs without bf16, or asked for) scales every step's loss; the scaler's state is
+    checkpointed, so a run resumed mid-way ends exactly as the straight one."""
+    task, train_ids, val_ids = _task_and_fold(project_cfg)
+    steps = _steps_per_epoch(project_cfg, train_ids)
+    base = project_cfg.seg.train.model_copy(update={"precision": "fp16", "val_every": 100})
+    straight = base.model_copy(update={"epochs": 2})
+    result = engine.fit(task, train_ids, val_ids, straight, tmp_path / "a", key="k")
+    a = checkpoints.load_checkpoint(tmp_path / "a" / "last.pt")
+    assert a["precision"]["used"] == "fp16" and a["scaler"]["scale"] > 0
+    skipped = sum(h["skipped_steps"] for h in result.history)
+    assert a["scaler"]["_growth_tracker"] == 2 * steps - skipped  # each good step counted
+    engine.fit(task, train_ids, val_ids, base.model_copy(update={"epochs": 1}), tmp_path / "b",
+               key="k")  # fmt: skip
+    engine.fit(task, train_ids, val_ids, straight, tmp_path / "b", key="k")
+    b = checkpoints.load_checkpoint(tmp_path / "b" / "last.pt")
+    assert _same_weights(a["model"], b["model"]) and a["scaler"] == b["scaler"]
+
+
+def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(project_cfg):
+    task, train_ids, _ = _task_and_fold(project_cfg)
+    poisoned = _poisoned(project_cfg)  # NaN gradients under autocast, as an overflow gives
+    model = task.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = engine._Loop(poisoned, project_cfg.seg.train, torch.device("cpu"),
+                        engine.Precision("fp16", "test"), 0, 1)  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters())
+    batch = next(iter(loop.loader(task.train_dataset(train_ids), 1)))
+    start = loop.scaler.get_scale()
+    loss, bad = loop._step(model, optimizer, batch)
+    assert bad == "gradient" and math.isnan(loss)
+    assert loop.scaler.get_scale() == start * loop.scaler.get_backoff_factor()
+    assert _same_weights(before, model.state_dict())  # the step was skipped
+    loop.task = task  # a healthy step then updates the weights, scale unchanged
+    loss, bad = loop._step(model, optimizer, batch)
+    assert bad is None and math.isfinite(loss)
+    assert not _same_weights(before, model.state_dict())
+    assert loop.scaler.get_scale() == start * loop.scaler.get_backoff_factor()
+
+
+def test_an_fp16_epoch_without_a_good_step_continues_in_fp32(project_cfg, tmp_path):
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 2, "precision": "fp16",
+                                                   "val_every": 100})  # fmt: skip
+    result = engine.fit(_poisoned(project_cfg), train_ids, val_ids, cfg, tmp_path / "r", key="k")
+    assert [h["skipped_steps"] for h in result.history] == [
+        _steps_per_epoch(project_cfg, train_ids),
+        0,
+    ]
+    last = checkpoints.load_checkpoint(tmp_path / "r" / "last.pt")
+    assert last["precision"]["used"] == "fp32" and last["precision"]["fallback"]["from"] == "fp16"
+    assert "scaler" not in last  # fp32 needs none
 
 
 def test_a_non_finite_step_in_fp32_after_a_fallback_is_an_error(project_cfg, tmp_path):
@@ -311,6 +367,8 @@ def _ddp_worker(rank, world, port, cfg, out):
     torch.set_num_threads(1)
     task, train_ids, val_ids = _task_and_fold(cfg)
     train = cfg.seg.train.model_copy(update={"epochs": 2})
+    engine.seed_everything(train.seed)  # the initial weights, as fit makes them
+    torch.save(task.build_model().state_dict(), out / f"init{rank}.pt")
     result = engine.fit(task, train_ids, val_ids, train, out, key="ddp")
     torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -326,9 +384,13 @@ def test_two_process_ddp_trains_the_same_model_on_both_ranks(project_cfg, tmp_pa
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
     assert _same_weights(a, b)
-    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 2  # rank 0 checkpointed
-    start = torch.load(out / "rank0.pt", weights_only=True)
-    assert any(v.float().abs().sum() > 0 for v in start.values())
+    last = checkpoints.load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 2 and _same_weights(last["model"], a)  # rank 0 checkpointed them
+    init = torch.load(out / "init0.pt", weights_only=True)
+    assert _same_weights(init, torch.load(out / "init1.pt", weights_only=True))
+    weights = [k for k, v in init.items() if v.is_floating_point() and "running" not in k]
+    moved = [k for k in weights if not torch.equal(init[k], a[k])]
+    assert len(moved) == len(weights), sorted(set(weights) - set(moved))  # every weight trained
 
 
 class _BalancedTask:

@@ -5,14 +5,18 @@ import os
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from mlflow.tracking import MlflowClient
 
 from hecktor import tracking
+from hecktor.checkpoints import trained_checkpoint
 from hecktor.crossval.seg import crossval_seg
 from hecktor.data import layout
 from hecktor.data.folds import folds_of
+from hecktor.fingerprints import file_sha256
+from hecktor.register import build_bundles, register_models
 from hecktor.training.workflow import train
 
 
@@ -57,8 +61,10 @@ def test_train_writes_models_summary_curves_and_runs(trained):
     child = children[0]
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) == cfg.seg.train.epochs
     assert "swa_score" in child.data.metrics and "best_score" in child.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
-    assert artifacts == {"checkpoints/best.pt", "checkpoints/swa.pt"}
+    # the weights stay DVC's: the run names them by digest and holds no copy
+    final = trained_checkpoint(cfg.paths.models / "seg" / "holdout")
+    assert child.data.tags[tracking.WEIGHTS_TAG] == file_sha256(final)
+    assert not [a for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".pt")]
     assert parents[0].data.params["seg.train.lr"] == str(cfg.seg.train.lr)
 
 
@@ -80,6 +86,15 @@ def test_crossval_scores_every_variant_on_the_ct_grid(trained):
     assert saved == json.loads(json.dumps(result))
     assert (cfg.paths.plots / "seg" / "mip.png").stat().st_size > 1000
     assert "| metric | network | baseline | winner |" in (cfg.paths.reports / "seg.md").read_text()
+
+    # the registered model is logged from this evaluation run and names the run that trained it
+    registered = register_models(cfg, build_bundles(cfg, cfg.paths.models / "bundles", ["seg"]), {})
+    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    version = client.get_model_version("hecktor-seg", registered["seg"]["version"])
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("hecktor-seg").experiment_id])}  # fmt: skip
+    assert version.run_id == runs["evaluate_seg"].info.run_id
+    assert version.tags["training_run.holdout"] == runs["holdout"].info.run_id
 
     from hecktor.data.folds import load_splits
 
@@ -111,8 +126,13 @@ def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
     result = crossval_hpv(cfg)
     for family in ("network", "baseline"):
         assert set(result[family]["folds"]) == set(summary["folds"])
-        assert 0.0 <= result[family]["cv"]["balanced_accuracy"] <= 1.0
         assert {"test_best_fold", "test_ensemble"} <= set(result[family])
+    # the CV balanced accuracy is the pooled out-of-fold calls' (logit > 0), worked out by hand
+    calls = pd.read_csv(cfg.paths.plots / "hpv" / "confusion.csv")
+    recalls = [(calls["predicted"][calls["actual"] == c] == c).mean()
+               for c in sorted(set(calls["actual"]))]  # fmt: skip
+    assert result["network"]["cv"]["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    assert len(calls) == sum(f["val"] for f in summary["folds"].values())
     assert "loco" in result["baseline"]  # the baseline's leave-one-centre-out is always reported
     assert result["oracle"]["cv"]["balanced_accuracy"] >= 0.0
     assert set(result["winner"].values()) <= {"network", "baseline", "tie", "n/a"}

@@ -233,11 +233,14 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     if "confusion_test_ensemble" in net:
         matrices["test (ensemble)"] = net["confusion_test_ensemble"]
     figures.save_figure(reports.confusion_figure(matrices), plots / "confusion.png")
-    io.write_json(Path(cfg.paths.metrics) / "hpv.json", result)
+    metrics_file = Path(cfg.paths.metrics) / "hpv.json"
+    io.write_json(metrics_file, result)
     io.write_text(Path(cfg.paths.reports) / "hpv.md", render_report(result))
     if track:
         experiment = tracking.experiment("hecktor-hpv", cfg.paths.mlruns)
-        with tracking.run(experiment, "evaluate_hpv", tracking.run_tags(cfg, cfg.hpv.split)) as run:
+        with tracking.run(
+            experiment, "evaluate_hpv", tracking.evaluation_tags(cfg, cfg.hpv.split, metrics_file)
+        ) as run:
             numbers = {k.replace("/", "."): v for k, v in tracking.flatten(result).items()}
             run.log_metrics({k: v for k, v in numbers.items() if isinstance(v, int | float)})
             run.log_dict(result, "hpv.json")

@@ -321,11 +321,14 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
     with io.atomic_path(plots / "km.png") as tmp:
         figure.savefig(tmp, dpi=90, format="png")
     result = common_keys(result, cfg.rfs.chain, registered_mode(cfg)) | result
-    io.write_json(Path(cfg.paths.metrics) / "rfs.json", result)
+    metrics_file = Path(cfg.paths.metrics) / "rfs.json"
+    io.write_json(metrics_file, result)
     io.write_text(Path(cfg.paths.reports) / "rfs.md", render_report(result, cfg.rfs.modes))
     if track:
         experiment = tracking.experiment("hecktor-rfs", cfg.paths.mlruns)
-        with tracking.run(experiment, "evaluate_rfs", tracking.run_tags(cfg, cfg.rfs.split)) as run:
+        with tracking.run(
+            experiment, "evaluate_rfs", tracking.evaluation_tags(cfg, cfg.rfs.split, metrics_file)
+        ) as run:
             numbers = tracking.flatten(result)
             run.log_metrics(
                 {

@@ -25,7 +25,7 @@ from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import Geometry, load_prepared, to_original_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
-from hecktor.prediction import remove_small_lesions
+from hecktor.lesions import remove_small_lesions
 from hecktor.tasks.seg import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,8 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     finals = {trained_checkpoint(model_root / name).stem for name, _, _ in folds}
     result = _score(pred_root, "swa_pp" if finals == {"swa"} else "best_pp")
     result = common_keys(result, seg.split) | result
-    io.write_json(Path(cfg.paths.metrics) / "seg.json", result)
+    metrics_file = Path(cfg.paths.metrics) / "seg.json"
+    io.write_json(metrics_file, result)
     patients = json.loads((pred_root / result["chosen"] / "metrics.json").read_text())["patients"]
     dsc = {p: v["GTVp_DSC"] for p, v in patients.items() if p in projections}
     shown = reports.spread(
@@ -186,7 +187,9 @@ def crossval_seg(cfg: Config, track: bool = True) -> dict:
     io.write_text(Path(cfg.paths.reports) / "seg.md", render_report(result, seg))
     if track:
         experiment = tracking.experiment("hecktor-seg", cfg.paths.mlruns)
-        with tracking.run(experiment, "evaluate_seg", tracking.run_tags(cfg, seg.split)) as run:
+        with tracking.run(
+            experiment, "evaluate_seg", tracking.evaluation_tags(cfg, seg.split, metrics_file)
+        ) as run:
             for variant, values in result["variants"].items():
                 run.log_metrics({f"{variant}_{k}": v for k, v in values.items()})
             run.log_figure(figure, "mip.png")

@@ -157,29 +157,36 @@ class Found:
 
 
 def read_clinical_csv(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """A ``--clinical`` CSV indexed by patient, and the problems of its rows.
-
-    Its columns must be official names (``PatientID`` and any of :data:`CLINICAL_COLUMNS`; a task
-    table's outcome columns are accepted and ignored): a misspelt or unknown header would silently
-    turn a variable into "unknown" for every patient, so it is an :class:`InputError` that lists
-    the expected names. A column left out is unknown for every patient, and the log says so.
-    """
+    """A ``--clinical`` CSV indexed by patient, and the problems of its rows
+    (:func:`clinical_table`)."""
     unreadable: list[Problem] = []
     frame = layout.read_csv(path, unreadable)
     if frame is None:
         raise InputError(unreadable)
+    return clinical_table(frame, path)
+
+
+def clinical_table(frame: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """Clinical values given as a table (a CSV, a request's rows) indexed by patient, parsed, and
+    the problems of its rows.
+
+    Its columns must be official names (``PatientID`` and any of :data:`CLINICAL_COLUMNS`; a task
+    table's outcome columns are accepted and ignored): a misspelt or unknown header would silently turn a variable into "unknown" for every
+    patient, so it is an :class:`InputError` that lists the expected names. A column left out is
+    unknown for every patient, and the log says so.
+    """
     known = ("PatientID", *CLINICAL_COLUMNS, *OUTCOME_COLUMNS)
     unknown = [c for c in frame.columns if c not in known]
     if unknown or "PatientID" not in frame.columns:
         what = f"unknown column(s) {unknown}" if unknown else "no PatientID column"
-        raise InputError([Problem("(all patients)", path, f"{what}; expected 'PatientID' and any "
+        raise InputError([Problem("(all patients)", source, f"{what}; expected 'PatientID' and any "
                                   f"of {list(CLINICAL_COLUMNS)} (names as in the official tables)")])  # fmt: skip
     absent = [c for c in CLINICAL_COLUMNS if c not in frame.columns and c != "CenterID"]
     if absent:
-        log.warning("%s: no column(s) %s: unknown for every patient", path, absent)
+        log.warning("%s: no column(s) %s: unknown for every patient", source, absent)
     problems: list[Problem] = []
     table = layout.parse_table(frame.drop(columns=[*OUTCOME_COLUMNS], errors="ignore"), 1,
-                               path, problems)  # fmt: skip
+                               source, problems)  # fmt: skip
     table = table.set_index("PatientID") if len(table) else pd.DataFrame(index=pd.Index([]))
     return table, problems
 

@@ -17,12 +17,12 @@ from hecktor.config import HpvConfig, RfsConfig, SegConfig
 from hecktor.data.clinical import ClinicalEncoder
 from hecktor.data.preprocess import grid_of
 from hecktor.errors import UserError
+from hecktor.lesions import remove_small_lesions
 from hecktor.models.segmentation import build_segmenter
 from hecktor.networks import hpv_network, plan_of, rfs_input, rfs_network, seg_plan
 from hecktor.prediction import (
     hpv_features,
     hpv_logit,
-    remove_small_lesions,
     rfs_risk,
     segment_probabilities,
 )

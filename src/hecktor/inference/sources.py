@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from hecktor import io
-from hecktor.bundle import Bundle, load_bundle
+from hecktor.bundle import Bundle, bundle_folder, load_bundle
 from hecktor.errors import UserError
 from hecktor.tasks import TASKS, lineage
 from hecktor.tracking import fetch_bundle
@@ -100,7 +100,7 @@ def load_bundles(
                 f"{uri}: not found in the MLflow store ({err.message}); run `hecktor register` "
                 "(or `dvc repro`) first, or give --models"
             ) from None
-        loaded[task] = load_bundle(path)
+        loaded[task] = load_bundle(bundle_folder(path))
         if task in exported:
             sources[task] = exported[task]["source"]
             versions[task] = exported[task]["version"]

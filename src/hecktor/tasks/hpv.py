@@ -17,11 +17,11 @@ from hecktor.checkpoints import best_fold, kfold_checkpoints, load_checkpoint
 from hecktor.config import Config, HpvConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
 from hecktor.data.loading import (
-    BalancedBatchSampler,
     PreparedDataset,
     augmented_dataset,
 )
 from hecktor.data.preprocess import load_prepared, prepared_grid
+from hecktor.data.samplers import BalancedBatchSampler
 from hecktor.fingerprints import file_sha256
 from hecktor.models.segmentation import Plan
 from hecktor.networks import hpv_network, seg_plan

@@ -263,8 +263,9 @@ class _Loop:
     def use(self, precision: Precision) -> None:
         self.precision = precision
         self.autocast = autocast_for(precision.used, self.device)
-        fp16_amp = precision.used == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if fp16_amp else None
+        # fp16 AMP scales the loss so small gradients survive half precision (any device)
+        fp16 = precision.used == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
 
     def loader(self, dataset: Dataset, epoch: int) -> DataLoader:
         shared = self.cfg.seed * 100_003 + epoch * 1_009  # the epoch's, alike on every rank

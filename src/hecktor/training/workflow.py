@@ -21,10 +21,11 @@ from typing import Any
 import pandas as pd
 
 from hecktor import io, tracking
-from hecktor.checkpoints import fold_score, write_final
+from hecktor.checkpoints import fold_score, trained_checkpoint, write_final
 from hecktor.config import Config, read_tuned
-from hecktor.fingerprints import json_digest, prepared_digest, training_code
+from hecktor.fingerprints import file_sha256, json_digest, prepared_digest, training_code
 from hecktor.tasks import build_task, config_sections, spec_of, task_folds
+from hecktor.tracking import WEIGHTS_TAG
 from hecktor.training.engine import distributed, fit, swa
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,11 @@ def _resumed_run(run_file: Path, key: str) -> str | None:
 
 
 def _train_fold(runner, fold, task_cfg, fold_dir: Path, state_dir: Path, child: tracking.Tracker,
-                key: str, log_checkpoints: bool) -> dict:  # fmt: skip
+                key: str) -> dict:  # fmt: skip
     """Train one fold, refine it by SWA, record its final weights; its ``summary.json`` entry
-    and its per-epoch history."""
+    and its per-epoch history. The run is tagged with the final weights' digest, by which a
+    registered model names the runs that trained it (the weights themselves are DVC's and, once
+    registered, the model's: never copied into the run)."""
     name, train_ids, val_ids = fold
     rank, _ = distributed()
     child.log_params({"train_patients": len(train_ids), "val_patients": len(val_ids)})
@@ -61,13 +64,11 @@ def _train_fold(runner, fold, task_cfg, fold_dir: Path, state_dir: Path, child: 
     swa_metrics = swa(runner, train_ids, val_ids, task_cfg.train, fold_dir, child, key, state_dir)
     if rank == 0:
         write_final(fold_dir, key, swa_ran=swa_metrics is not None)
+        child.set_tags({WEIGHTS_TAG: file_sha256(trained_checkpoint(fold_dir))})
     child.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()})
     child.log_metrics({"best_epoch": result.best_epoch})
     if swa_metrics:
         child.log_metrics({f"swa_{k}": v for k, v in swa_metrics.items()})
-    for checkpoint in ("best.pt", "swa.pt") if log_checkpoints else ():
-        if (fold_dir / checkpoint).is_file():
-            child.log_artifact(fold_dir / checkpoint, "checkpoints")
     entry = {
         "train": len(train_ids), "val": len(val_ids), "best_epoch": result.best_epoch,
         "best": result.best_metrics, "swa": swa_metrics,
@@ -152,8 +153,7 @@ def train(
                     if child.run_id:
                         io.write_json(run_file, {"run_id": child.run_id, "key": key})
                 trained = _train_fold(runners[prefix], fold, task_cfg, out_root / name,
-                                      resume_root / name, child, key,
-                                      log_checkpoints=out is None)  # fmt: skip
+                                      resume_root / name, child, key)  # fmt: skip
             summary["folds"][name] = trained["entry"]
             history += trained["history"]
             if on_fold is not None:
