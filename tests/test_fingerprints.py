@@ -1,14 +1,18 @@
 """Digests: one per concept, each changing exactly when what it stands for changes."""
 
+from pathlib import Path
+
 import yaml
 
 from hecktor.fingerprints import (
+    PACKAGE,
     TRAINING_CODE,
     file_sha256,
     files_digest,
     json_digest,
     prepared_digest,
     source_digest,
+    training_code,
 )
 from hecktor.tasks import TASKS
 from tests.conftest import ROOT
@@ -70,3 +74,18 @@ def test_training_stages_rerun_on_every_module_that_keys_their_checkpoints():
         checked += 1
     # a tune and a train stage per task, and a derive stage per task with derived inputs
     assert checked == 2 * len(TASKS) + sum(spec.inputs is not None for spec in TASKS.values())
+
+
+def test_the_training_code_digest_is_the_listed_modules_and_the_extra_ones():
+    assert training_code() == source_digest(PACKAGE, TRAINING_CODE)
+    assert training_code(("tuning.py",)) == source_digest(PACKAGE, (*TRAINING_CODE, "tuning.py"))
+    assert training_code(("tuning.py",)) != training_code()
+    assert len(json_digest({"a": 1})) == 16 and len(files_digest([])) == 16
+    assert json_digest({"when": Path("x")}) == json_digest({"when": "x"})  # any value, as text
+
+
+def test_short_digests_have_their_stated_lengths(tmp_path):
+    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "cases.csv").write_text("PatientID\nA-1\n")
+    assert len(source_digest(tmp_path, ("m.py",))) == 12
+    assert len(prepared_digest(tmp_path)) == 12

@@ -64,3 +64,26 @@ def test_a_mask_in_numbers_counts_volumes_and_nodes():
     labels[0, 5, 0] = GTVN  # another
     assert lesion_summary(labels, voxel_mm3=500.0) == {
         "GTVp_ml": 4.0, "GTVn_ml": 1.5, "GTVn_lesions": 2}  # fmt: skip
+
+
+def test_lesions_below_a_cubic_millimetre_and_nodes_without_a_primary_are_removed():
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[0, 0, 0] = GTVN  # 0.1 mm^3: below 0.5
+    labels[3:5, 3:5, 3:5] = GTVN  # 0.8 mm^3: kept
+    kept = remove_small_lesions(labels, min_mm3=0.5, voxel_mm3=0.1)  # and no GTVp at all
+    assert kept[0, 0, 0] == 0 and (kept == GTVN).sum() == 8
+    assert remove_small_lesions(labels, min_mm3=0, voxel_mm3=0.1).tolist() == labels.tolist()
+
+
+def test_the_lesion_box_shifts_inside_the_volume_at_its_far_end():
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[9, 9, 9] = GTVP
+    assert [(s.start, s.stop) for s in lesion_box(mask, (4, 4, 4))] == [(6, 10)] * 3
+    assert [(s.start, s.stop) for s in lesion_box(mask, (10, 12, 4))] == [(0, 10), (0, 10), (6, 10)]
+
+
+def test_the_lesion_box_needs_a_size_per_axis():
+    import pytest
+
+    with pytest.raises(ValueError):
+        lesion_box(np.zeros((4, 4, 4), np.uint8), (2, 2))

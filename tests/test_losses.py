@@ -110,3 +110,8 @@ def test_linear_model_trained_with_cox_loss_matches_lifelines_on_larynx():
         .to_numpy()
     )
     np.testing.assert_allclose(ours, fitted, atol=0.06)
+
+
+def test_unequal_sizes_are_named():
+    with pytest.raises(ValueError, match="sizes differ: risk 2, time 3, event 3"):
+        cox_loss(torch.zeros(2), torch.ones(3), torch.ones(3))

@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hecktor.data.clinical import HPV_VARIABLES, RFS_VARIABLES, UNKNOWN, ClinicalEncoder
+from hecktor.data.clinical import (
+    HPV_VARIABLES,
+    RFS_VARIABLES,
+    UNKNOWN,
+    ClinicalEncoder,
+    read_clinical,
+)
 
 
 def _frame():
@@ -66,3 +72,35 @@ def test_round_trip():
     encoder = ClinicalEncoder.fit(RFS_VARIABLES, _frame())
     again = ClinicalEncoder.from_dict(encoder.to_dict())
     np.testing.assert_array_equal(again.transform(_frame()), encoder.transform(_frame()))
+
+
+# --------------------------------------------------------------------------- found by mutation
+
+
+def test_age_statistics_fall_back_where_the_training_patients_give_none():
+    one = ClinicalEncoder.fit(HPV_VARIABLES, pd.DataFrame({"Age": [64.0, np.nan]}))
+    assert (one.age_mean, one.age_std) == (64.0, 10.0)  # one age: no spread, the default's
+    same = ClinicalEncoder.fit(HPV_VARIABLES, pd.DataFrame({"Age": [64.0, 64.0]}))
+    assert same.age_std == 10.0
+    close = ClinicalEncoder.fit(HPV_VARIABLES, pd.DataFrame({"Age": [64.0, 65.0]}))
+    assert close.age_std == pytest.approx(np.std([64.0, 65.0], ddof=1))  # under one year: kept
+    unknown = ClinicalEncoder.fit(HPV_VARIABLES, pd.DataFrame({"Age": ["n/a", None]}))
+    assert (unknown.age_mean, unknown.age_std) == (60.0, 10.0)
+    absent = ClinicalEncoder.fit(HPV_VARIABLES, pd.DataFrame({"Gender": [1.0]}))
+    assert (absent.age_mean, absent.age_std) == (60.0, 10.0)
+    assert ClinicalEncoder(HPV_VARIABLES).transform(pd.DataFrame({"Age": [70.0]}))[0, 0] == 1.0
+
+
+def test_treatments_are_fitted_only_when_treatment_is_a_variable():
+    assert ClinicalEncoder.fit(HPV_VARIABLES, _frame()).treatments == ()
+    assert ClinicalEncoder.fit(RFS_VARIABLES, _frame()).treatments == (
+        "Chemoradiotherapy", "Radiotherapy")  # fmt: skip
+    old = ClinicalEncoder.fit(HPV_VARIABLES, _frame()).to_dict()
+    del old["treatments"]  # an encoder saved before treatments were recorded
+    assert ClinicalEncoder.from_dict(old).treatments == ()
+
+
+def test_the_prepared_clinical_table_is_indexed_by_patient(prepared_dir):
+    table = read_clinical(prepared_dir)
+    assert table.index.name == "PatientID"
+    assert sorted(table.index) == sorted(p.name for p in prepared_dir.iterdir() if p.is_dir())

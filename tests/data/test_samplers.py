@@ -35,9 +35,13 @@ def test_balanced_sampler_shards_disjoint_balanced_batches_across_processes():
     assert list(whole) == [b for pair in zip(*shards, strict=True) for b in pair]  # world 1: all
 
 
-@pytest.mark.parametrize(("labels", "positives"), [([1, 1, 1], 2), ([1, 0, 1], 4), ([1, 0], 0)])
-def test_balanced_sampler_rejects_impossible_settings(labels, positives):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("labels", "positives", "says"), [
+    ([1, 1, 1], 2, "both classes are needed: 3 positive, 0 negative"),
+    ([1, 0, 1], 4, r"positives per batch must be in 1\.\.3, got 4"),
+    ([1, 0], 0, r"positives per batch must be in 1\.\.3, got 0"),
+])  # fmt: skip
+def test_balanced_sampler_rejects_impossible_settings(labels, positives, says):
+    with pytest.raises(ValueError, match=says):
         BalancedBatchSampler(labels, batch_size=4, positives=positives, seed=0)
 
 
