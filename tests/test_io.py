@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -129,3 +131,19 @@ def test_write_image_keeps_extension_and_geometry(tmp_path, name):
     back = sitk.ReadImage(str(tmp_path / name))
     assert back.GetSpacing() == (0.5, 1.0, 2.0) and back.GetOrigin() == (1.0, 2.0, 3.0)
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_outputs_get_the_permissions_the_umask_gives_any_new_file(tmp_path):
+    """A mask or folder we write is as readable as any file the user makes (not 0600/0700)."""
+    previous = os.umask(0o022)
+    try:
+        io.write_text(tmp_path / "a.txt", "x")
+        with io.atomic_dir(tmp_path / "out", "test") as folder:
+            (folder / "b.txt").write_text("y")
+        os.umask(0o077)
+        io.write_text(tmp_path / "private.txt", "z")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600

@@ -13,9 +13,9 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,29 @@ class OutputError(UserError):
     overlaps an input."""
 
 
+def _unique_sibling(path: Path, suffix: str, make: Callable[[Path], None]) -> Path:
+    """Create a new temporary entry beside ``path`` with ``make``, under a name no one else has.
+
+    Unlike :mod:`tempfile`'s (mode 0600 and 0700), the entry gets the permissions of any file the
+    user creates (0666 or 0777 less the umask): an output is as readable as a plain copy would be.
+    """
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
+        try:
+            make(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
 def _temp_sibling(path: Path) -> Path:
-    """A unique temporary name beside ``path`` that keeps its extension (image writers need it)."""
-    suffix = "".join(path.suffixes)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    """A unique temporary file beside ``path`` that keeps its extension (image writers need it)."""
+
+    def create(name: Path) -> None:
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+    return _unique_sibling(path, "".join(path.suffixes), create)
 
 
 @contextlib.contextmanager
@@ -204,7 +221,7 @@ def atomic_dir(
     """
     path = claim_dir(path, command, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _unique_sibling(path, "", lambda name: name.mkdir(0o777))
     try:
         yield tmp
         mark_dir(tmp, command)

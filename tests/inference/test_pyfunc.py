@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -172,3 +173,17 @@ def test_every_task_declares_its_output_columns():
     for task in TASKS:
         declared = {k for t in lineage(task) for k in TASKS[t].outputs if k != MASK}
         assert declared <= set(output_columns(task)), task
+
+
+def test_only_models_that_read_clinical_values_mention_the_columns_left_out(
+    bundle_dir, store, release_dir, tmp_path, caplog
+):
+    register_all(bundle_dir, store)
+    patient = sorted(p.name for p in (release_dir / "Task 1").iterdir() if p.is_dir())[0]
+    request = _requests(release_dir, [patient], clinical=False)
+    with caplog.at_level(logging.WARNING):
+        mlflow.pyfunc.load_model("models:/hecktor-seg@champion").predict(request)
+    assert "unknown for every patient" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        mlflow.pyfunc.load_model("models:/hecktor-hpv@champion").predict(request)
+    assert "no column(s) ['Age', 'Gender'" in caplog.text

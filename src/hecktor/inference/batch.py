@@ -166,7 +166,9 @@ def read_clinical_csv(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     return clinical_table(frame, path)
 
 
-def clinical_table(frame: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[Problem]]:
+def clinical_table(
+    frame: pd.DataFrame, source: Path, warn_absent: bool = True
+) -> tuple[pd.DataFrame, list[Problem]]:
     """Clinical values given as a table (a CSV, a request's rows) indexed by patient, parsed, and
     the problems of its rows.
 
@@ -182,7 +184,7 @@ def clinical_table(frame: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, lis
         raise InputError([Problem("(all patients)", source, f"{what}; expected 'PatientID' and any "
                                   f"of {list(CLINICAL_COLUMNS)} (names as in the official tables)")])  # fmt: skip
     absent = [c for c in CLINICAL_COLUMNS if c not in frame.columns and c != "CenterID"]
-    if absent:
+    if absent and warn_absent:
         log.warning("%s: no column(s) %s: unknown for every patient", source, absent)
     problems: list[Problem] = []
     table = layout.parse_table(frame.drop(columns=[*OUTCOME_COLUMNS], errors="ignore"), 1,

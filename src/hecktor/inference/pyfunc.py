@@ -127,6 +127,8 @@ class HecktorModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         config = dict(context.model_config or {})
         self.task = str(config["task"])
+        # Task 1 alone reads no clinical values: no word about the columns a request leaves out
+        self.reads_clinical = lineage(self.task) != ("seg",)
         self.device = str(config.get("device", "auto"))
         fetched = Path(tempfile.mkdtemp(prefix="hecktor-upstream-"))
         weakref.finalize(self, shutil.rmtree, fetched, True)
@@ -155,7 +157,7 @@ class HecktorModel(PythonModel):
     ) -> pd.DataFrame:
         out = str((params or {}).get("output_dir") or "")
         try:
-            patients = _patients(pd.DataFrame(model_input))
+            patients = _patients(pd.DataFrame(model_input), clinical=self.reads_clinical)
         except InputError as err:
             raise MlflowException(str(err), INVALID_PARAMETER_VALUE) from None
         self._predictor = self._predictor or Predictor(self.bundles, self.device)
@@ -179,20 +181,21 @@ class HecktorModel(PythonModel):
         return pd.DataFrame(rows, columns=columns)
 
 
-def _patients(frame: pd.DataFrame) -> list[NewPatient]:
-    """The request's patients; every problem of every row at once (:class:`InputError`)."""
+def _patients(frame: pd.DataFrame, clinical: bool = True) -> list[NewPatient]:
+    """The request's patients; every problem of every row at once (:class:`InputError`). Absent
+    clinical columns are logged when the models read ``clinical`` values."""
     request = Path("(request)")
     absent = [c for c in ("PatientID", *IMAGES) if c not in frame.columns]
     if absent:
         raise InputError([Problem("(all patients)", request, f"no column(s) {absent}")])
-    clinical, problems = clinical_table(frame.drop(columns=list(IMAGES)), request)
+    table, problems = clinical_table(frame.drop(columns=list(IMAGES)), request, clinical)
     patients = []
     for row in frame.to_dict("records"):
         pid = str(row["PatientID"]).strip()
         files = {c: Path(str(row[c])) for c in IMAGES if isinstance(row[c], str) and row[c]}
         problems += [Problem(pid, files.get(c, request), f"{c} file not found")
                      for c in IMAGES if c not in files or not files[c].is_file()]  # fmt: skip
-        values = clinical.loc[pid].to_dict() if pid in clinical.index else {}
+        values = table.loc[pid].to_dict() if pid in table.index else {}
         values = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in values.items()}
         patients.append(NewPatient(pid, files.get("CT"), files.get("PET"), values))
     if problems:
