@@ -158,6 +158,7 @@ def _derive(args: argparse.Namespace, cfg: Config) -> None:
 
 def _register(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor import tracking
+    from hecktor.inference.sources import requested
     from hecktor.register import build_bundles, register_models
 
     if args.no_track:
@@ -165,9 +166,8 @@ def _register(args: argparse.Namespace, cfg: Config) -> None:
         log.info("bundles written to %s (not registered)", ", ".join(map(str, built.values())))
         return
     # a task's model chains the versions of the tasks it builds on: they are registered with it
-    tasks = [t for name in args.tasks or TASKS for t in lineage(name)]
     with tempfile.TemporaryDirectory(prefix="hecktor-bundles-") as tmp:
-        built = build_bundles(cfg, args.out or tmp, tasks)
+        built = build_bundles(cfg, args.out or tmp, requested(args.tasks))
         registered = register_models(cfg, built, tracking.run_tags(cfg))
     for result in registered.values():
         log.info("%s version %s (CV score %s): %s", result["name"], result["version"],
@@ -204,7 +204,6 @@ def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> None:
-
     from hecktor.inference.sources import export_bundles
 
     with tempfile.TemporaryDirectory(prefix="hecktor-export-") as cache:
@@ -214,7 +213,6 @@ def _export(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
-
     from hecktor.inference.batch import Extras, predict_container, predict_folder
 
     with tempfile.TemporaryDirectory(prefix="hecktor-models-") as cache:

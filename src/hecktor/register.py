@@ -153,14 +153,17 @@ def register_model(bundle: Bundle, mlruns: Path | str, tags: dict[str, str],
     if same:
         version = max(same, key=lambda v: int(v.version))
     else:
-        version = _new_version(client, bundle, experiment_id, tags, upstream, sources, identity)
+        version = _new_version(client, bundle, experiment_id, tags, upstream, sources,
+                               identity | {"cv_score": repr(score)})  # fmt: skip
     alias = tracking.promote(client, name, version.version, score, bundle.manifest["data"])
     return {"name": name, "version": str(version.version), "alias": alias, "score": repr(score),
             "uri": f"models:/{name}/{version.version}"}  # fmt: skip
 
 
 def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags: dict[str, str],
-                 upstream: dict[str, str], sources: Sources, identity: dict[str, str]):  # fmt: skip
+                 upstream: dict[str, str], sources: Sources, recorded: dict[str, str]):  # fmt: skip
+    """Log the model and create its version, tagged with ``recorded`` (what identifies it and
+    its score), ``tags`` and the runs it comes from."""
     name = bundle.manifest["name"]
     with contextlib.ExitStack() as stack:
         run_id = sources.evaluation
@@ -172,7 +175,7 @@ def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags:
         save_model(bundle, tmp / "model", upstream, requirements())
         model = mlflow.initialize_logged_model(
             name=name, source_run_id=run_id, experiment_id=experiment_id,
-            tags={"bundle_digest": identity["bundle_digest"], "cv_score": repr(bundle.manifest["score"]["value"])},
+            tags={k: recorded[k] for k in ("bundle_digest", "cv_score")},
         )  # fmt: skip
         try:
             client.log_model_artifacts(model.model_id, str(tmp / "model"))
@@ -182,8 +185,7 @@ def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags:
         mlflow.finalize_logged_model(model.model_id, "READY")
     version_tags = {
         **tags,
-        **identity,
-        "cv_score": repr(io.figure(bundle.manifest["score"]["value"])),
+        **recorded,
         "cv_metric": bundle.manifest["score"]["name"],
         "code": bundle.manifest["code"],
         "data": bundle.manifest["data"],

@@ -175,10 +175,6 @@ class Tracker:
         if self._client is not None:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_artifact_dir(self, path: Path | str, artifact_path: str | None = None) -> None:
-        if self._client is not None:
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
-
     def log_dict(self, data: dict, name: str) -> None:
         if self._client is not None:
             self._client.log_dict(self.run_id, data, name)

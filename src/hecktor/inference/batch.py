@@ -173,9 +173,9 @@ def clinical_table(
     the problems of its rows.
 
     Its columns must be official names (``PatientID`` and any of :data:`CLINICAL_COLUMNS`; a task
-    table's outcome columns are accepted and ignored): a misspelt or unknown header would silently turn a variable into "unknown" for every
-    patient, so it is an :class:`InputError` that lists the expected names. A column left out is
-    unknown for every patient, and the log says so.
+    table's outcome columns are accepted and ignored): a misspelt or unknown header would silently
+    turn a variable into "unknown" for every patient, so it is an :class:`InputError` that lists
+    the expected names. A column left out is unknown for every patient, and the log says so.
     """
     known = ("PatientID", *CLINICAL_COLUMNS, *OUTCOME_COLUMNS)
     unknown = [c for c in frame.columns if c not in known]
@@ -191,6 +191,14 @@ def clinical_table(
                                source, problems)  # fmt: skip
     table = table.set_index("PatientID") if len(table) else pd.DataFrame(index=pd.Index([]))
     return table, problems
+
+
+def clinical_values(table: pd.DataFrame, patient: str) -> dict[str, object]:
+    """A patient's row of a parsed clinical table, unknown values as None (no row: empty)."""
+    if patient not in table.index:
+        return {}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in table.loc[patient].to_dict().items()}  # fmt: skip
 
 
 def _folder_patients(root: Path) -> dict[str, tuple[Path | None, Path | None]]:
@@ -282,8 +290,7 @@ def find_patients(
         values: dict[str, object] = {}
         if not no_clinical:
             if pid in frame.index:
-                values = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                          for k, v in frame.loc[pid].to_dict().items()}  # fmt: skip
+                values = clinical_values(frame, pid)
             else:
                 mine.append(Problem(pid, Path(clinical) if clinical else root, "no clinical "
                                     "row for this patient (add one: empty cells are unknown; or "

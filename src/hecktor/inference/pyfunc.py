@@ -41,9 +41,10 @@ from hecktor.inference.batch import (
     NewPatient,
     Predictor,
     clinical_table,
+    clinical_values,
     read_images,
 )
-from hecktor.inference.sources import Bundles, requested
+from hecktor.inference.sources import Bundles
 from hecktor.lesions import lesion_summary
 from hecktor.tasks import TASKS, lineage
 from hecktor.tasks.spec import MASK
@@ -144,8 +145,7 @@ class HecktorModel(PythonModel):
                                 f"MLflow registry at {mlflow.get_tracking_uri()} ({err.message})") from None  # fmt: skip
             loaded[task] = load_bundle(bundle_folder(Path(path)))
             sources[task] = uri
-        order = requested([self.task])
-        self.bundles = Bundles({t: loaded[t] for t in order}, sources)
+        self.bundles = Bundles({t: loaded[t] for t in lineage(self.task)}, sources)
         self.bundles.check()
         self._predictor: Predictor | None = None
 
@@ -195,9 +195,9 @@ def _patients(frame: pd.DataFrame, clinical: bool = True) -> list[NewPatient]:
         files = {c: Path(str(row[c])) for c in IMAGES if isinstance(row[c], str) and row[c]}
         problems += [Problem(pid, files.get(c, request), f"{c} file not found")
                      for c in IMAGES if c not in files or not files[c].is_file()]  # fmt: skip
-        values = table.loc[pid].to_dict() if pid in table.index else {}
-        values = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in values.items()}
-        patients.append(NewPatient(pid, files.get("CT"), files.get("PET"), values))
+        patients.append(
+            NewPatient(pid, files.get("CT"), files.get("PET"), clinical_values(table, pid))
+        )
     if problems:
         raise InputError(problems)
     return patients
