@@ -1,12 +1,15 @@
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hecktor import io
+from hecktor import io, locks
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -147,3 +150,146 @@ def test_outputs_get_the_permissions_the_umask_gives_any_new_file(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def _image(n: int = 32) -> sitk.Image:
+    return sitk.GetImageFromArray(np.random.default_rng(0).random((n, n, n)).astype(np.float32))
+
+
+def full_disk(monkeypatch):
+    """A disk that fills as ITK's gzip writer writes: it writes a short file and returns
+    normally (as it does on a full disk), and the disk then reports no free block."""
+    real = sitk.WriteImage
+    full = {"now": False}
+
+    def short_write(image, path, useCompression=True):
+        real(image, path, useCompression=useCompression)
+        with open(path, "r+b") as handle:
+            handle.truncate(handle.seek(0, 2) // 3)
+        full["now"] = True
+
+    real_statvfs = os.statvfs
+
+    def statvfs(path):
+        found = real_statvfs(path)
+        if not full["now"]:
+            return found
+        return os.statvfs_result((*found[:4], 0, *found[5:]))  # f_bavail = 0
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_a_full_disk_publishes_nothing_and_says_so(tmp_path, monkeypatch):
+    """ITK returns normally when the disk fills, leaving a short .nii.gz: it is never renamed
+    into place (a rerun would take it for a result)."""
+    full_disk(monkeypatch)
+    with pytest.raises(io.WriteError, match=r"mask\.nii\.gz: no space left on the disk"):
+        io.write_image(tmp_path / "mask.nii.gz", _image())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_does_not_read_back_is_not_published(tmp_path, monkeypatch):
+    real = sitk.WriteImage
+
+    def damaged(image, path, useCompression=True):
+        real(image, path, useCompression=useCompression)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(sitk, "WriteImage", damaged)
+    with pytest.raises(io.WriteError, match=r"a\.nii\.gz: the written file is not what was"):
+        io.write_image(tmp_path / "a.nii.gz", _image())
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tmpfs_command(size_kb: int, script: str) -> list[str]:
+    """A Python script run on a tmpfs of ``size_kb`` at $DISK, in a mount namespace of its own
+    (unprivileged where user namespaces are allowed; nothing stays mounted)."""
+    shell = f'mount -t tmpfs -o size={size_kb}k tmpfs "$DISK" && exec "$0" -c "$1"'
+    return ["unshare", "-rm", "sh", "-c", shell, sys.executable, script]
+
+
+def test_a_real_full_disk_is_named_and_leaves_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = """
+import os, sys, numpy as np, SimpleITK as sitk
+from hecktor import io
+image = sitk.GetImageFromArray(np.random.default_rng(0).random((64, 64, 64)).astype(np.float32))
+for name in ("mask.nii.gz", "mask.mha", "notes.txt"):
+    try:
+        io.write_text(os.environ["DISK"] + "/" + name, "x" * 300_000) if name.endswith("txt") \\
+            else io.write_image(os.environ["DISK"] + "/" + name, image)
+    except io.WriteError as err:
+        print(err)
+print(sorted(os.listdir(os.environ["DISK"])))
+"""
+    env = os.environ | {"DISK": str(disk)}
+    try:
+        done = subprocess.run(_tmpfs_command(64, script), env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if "mount" in done.stderr and done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0, done.stderr
+    for name, line in zip(("mask.nii.gz", "mask.mha", "notes.txt"), lines, strict=False):
+        assert line.startswith(f"{disk}/{name}: no space left on the disk ({disk}:")
+    assert lines[-1] == "[]"  # nothing published, no temporary left
+
+
+def test_leftovers_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = locks.host_id()
+    gone = tmp_path / f".out.json.{tag}-{dead.pid}-0123abcd.tmp.json"
+    live = tmp_path / f".out.json.{tag}-{os.getpid()}-0123abcd.tmp.json"
+    elsewhere = tmp_path / ".out.json.ffffffff-1-0123abcd.tmp.json"  # another machine's
+    for path in (gone, live, elsewhere):
+        path.write_text("half")
+    io.write_json(tmp_path / "out.json", {"a": 1})
+    assert not gone.exists() and live.exists() and elsewhere.exists()
+
+    # a folder's writer holds its lock: every leftover of that folder is dead, whatever its name
+    folder_left = tmp_path / ".prepared.0123abcd.tmp"  # the earlier naming, no owner
+    folder_left.mkdir()
+    (folder_left / "big.b2nd").write_bytes(b"0" * 1000)
+    with io.atomic_dir(tmp_path / "prepared", "prepare") as tmp:
+        (tmp / "a").write_text("1")
+    assert not folder_left.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".prepared")) == []
+
+
+def test_a_folder_set_aside_by_a_killed_replace_is_put_back(tmp_path):
+    """killed between atomic_dir's two renames: the earlier output waits as .<name>.old."""
+    with io.atomic_dir(tmp_path / "out", "prepare") as tmp:
+        (tmp / "a").write_text("earlier")
+    os.replace(tmp_path / "out", tmp_path / ".out.old")
+    with pytest.raises(RuntimeError), io.atomic_dir(tmp_path / "out", "prepare"):
+        raise RuntimeError("failed run")
+    assert (tmp_path / "out" / "a").read_text() == "earlier"
+
+
+def test_json_given_to_us_is_bounded(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        io.read_json(deep)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"a": "x" * 2_000_000}))
+    with pytest.raises(ValueError, match="more than the"):
+        io.read_json(big)
+
+
+def test_a_result_written_in_place_is_incomplete_until_its_writer_ends(tmp_path):
+    with pytest.raises(RuntimeError), io.owned_dir(tmp_path / "out", "predict") as out:
+        (out / "a.csv").write_text("PatientID\n")
+        raise RuntimeError("killed")
+    with pytest.raises(io.OutputError, match=r"incomplete: `hecktor predict` stopped"):
+        io.check_complete(tmp_path / "out" / "a.csv")
+    with io.owned_dir(tmp_path / "out", "predict"):
+        pass
+    io.check_complete(tmp_path / "out")
+    io.check_complete(tmp_path / "elsewhere.csv")  # files no command of ours wrote pass

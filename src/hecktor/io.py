@@ -1,36 +1,89 @@
-"""Safe file output: atomic writes, strict JSON, and folders that are ours to replace.
+"""Safe file output: atomic, verified writes, strict JSON, and folders that are ours to replace.
 
-Every file is written to a temporary sibling and renamed into place, so a killed or failed stage
-never leaves a half-written file or folder where a later stage, or DVC, would take it for a finished
-one. A folder is replaced only when it is empty, absent, or marked (:data:`MARKER`) as the earlier
-output of the same command: no command deletes or overwrites what it did not create.
+Every file is written to a temporary sibling, checked (its size; an image reads back to the
+voxels written), and only then renamed into place, so a killed or failed stage, or a full disk,
+never leaves a half-written file or folder where a later stage, or DVC, would take it for a
+finished one. A folder is replaced only when it is empty, absent, or marked (:data:`MARKER`) as
+the earlier output of the same command, and only by the one process holding its lock
+(:mod:`hecktor.locks`): no command deletes or overwrites what it did not create. Temporaries
+left by a killed writer are removed by the next writer of the same output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import SimpleITK as sitk
 
+from hecktor import locks
 from hecktor.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MARKER = ".hecktor-output"  # names the command whose output a folder is
+INCOMPLETE = ".hecktor-incomplete"  # in a folder written in place while its writer works on it
 
 
 class OutputError(UserError):
     """An output path that must not be written: it holds what this tool did not create, or it
     overlaps an input."""
+
+
+class WriteError(UserError):
+    """An output that could not be written whole: a full disk, or a file that does not read back
+    as written. Nothing was published under its name."""
+
+
+FREE_MIN = 1 << 20  # bytes: a write that fails with less free than this failed for want of space
+
+
+def _mount(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() or (not os.path.ismount(path) and path != path.parent):
+        path = path.parent
+    return path
+
+
+def _out_of_space(path: Path, err: BaseException | None) -> str | None:
+    """Why a write to ``path`` failed, when the disk is full (a message), else None.
+
+    Writers do not all say so: ``OSError(ENOSPC)`` from Python, a short file and no error from
+    ITK's gzip writer, "Error while creating the NDArray" from Blosc2, "unexpected pos" from torch.
+    So the disk itself is asked as well."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            break
+        err = err.__cause__ or err.__context__
+    mount = _mount(path.parent)
+    try:
+        stats = os.statvfs(mount)
+    except OSError:
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    if err is None and free >= FREE_MIN:
+        return None
+    return (f"{path}: no space left on the disk ({mount}: {free} bytes free); free some space, "
+            "then run again")  # fmt: skip
+
+
+def _name_tag() -> str:
+    """What a temporary's name says of its writer: this machine and process (a sweep of
+    temporaries removes only those whose writer is gone)."""
+    return f"{locks.host_id()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _unique_sibling(path: Path, suffix: str, make: Callable[[Path], None]) -> Path:
@@ -40,13 +93,58 @@ def _unique_sibling(path: Path, suffix: str, make: Callable[[Path], None]) -> Pa
     user creates (0666 or 0777 less the umask): an output is as readable as a plain copy would be.
     """
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
+        candidate = path.with_name(f".{path.name}.{_name_tag()}.tmp{suffix}")
         try:
             make(candidate)
         except FileExistsError:
             continue
         return candidate
     raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+def _old(path: Path) -> Path:
+    """Where :func:`atomic_dir` keeps the previous output during its two renames."""
+    return path.with_name(f".{path.name}.old")
+
+
+# a temporary of output <name>: ".<name>.<host>-<pid>-<random>.tmp<suffix>" (earlier: no host, pid)
+_TEMP = re.compile(r"^\.(?P<output>.+)\.(?:(?P<host>\w+)-(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp")
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def sweep(path: Path | str, every: bool = False) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it: its temporaries whose process is
+    gone (``every``: all of them, for the holder of its lock, which no live writer can share).
+
+    A folder's previous output, set aside by :func:`atomic_dir` when the writer was killed
+    between its two renames, is put back first. Returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    old = _old(path)
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+    removed = []
+    for entry in path.parent.iterdir():
+        match = _TEMP.match(entry.name)
+        if match is not None and match["output"] == path.name:
+            gone = match["host"] == locks.host_id() and not locks.alive(int(match["pid"]))
+            if every or gone:
+                removed.append(entry)
+        elif every and entry == old:
+            removed.append(entry)
+    for entry in removed:
+        _remove(entry)
+    if removed:
+        log.info("%s: removed %d leftover(s) of an earlier writer: %s", path, len(removed),
+                 ", ".join(p.name for p in removed))  # fmt: skip
+    return removed
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -59,21 +157,76 @@ def _temp_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
+def _said_when_full(path: Path) -> Iterator[None]:
+    """Any failure of the block, on a full disk, as a :class:`WriteError` that says so."""
+    try:
+        yield
+    except Exception as err:
+        full = _out_of_space(path, err)
+        if full:
+            raise WriteError(full) from err
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is checked (by ``check``, which raises on a
+    file that is not what was written; without one, it must not be empty) and replaces ``path``;
+    on failure it is removed. A failure on a full disk is a :class:`WriteError` that says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep(path)
     tmp = _temp_sibling(path)
     try:
-        yield tmp
+        with _said_when_full(path):
+            yield tmp
+            try:
+                if check is not None:
+                    check(tmp)
+                elif tmp.stat().st_size == 0:
+                    raise ValueError("an empty file")
+            except Exception as err:
+                raise WriteError(
+                    f"{path}: the written file is not what was written ({err})"
+                ) from err
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _has_size(size: int) -> Callable[[Path], None]:
+    def check(tmp: Path) -> None:
+        if tmp.stat().st_size != size:
+            raise ValueError(f"{tmp.stat().st_size} of {size} bytes on disk")
+
+    return check
+
+
 def write_text(path: Path | str, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    data = text.encode()
+    with atomic_path(path, _has_size(len(data))) as tmp:
+        tmp.write_bytes(data)
+
+
+def check_zip(tmp: Path) -> None:
+    """A zip archive (``torch.save``'s format, ``.npz``) complete to its last byte."""
+    with zipfile.ZipFile(tmp) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"entry {bad} damaged")
+
+
+def read_json(path: Path | str, max_bytes: int = 1 << 20) -> Any:
+    """JSON from a file given to us (a container's ``ehr.json``, a bundle's manifest): at most
+    ``max_bytes`` and nested at most a few hundred deep, else ``ValueError`` saying which."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{size} bytes, more than the {max_bytes} a JSON file here may hold")
+    try:
+        return json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _finite(value: Any, where: str, found: list[str]) -> Any:
@@ -109,8 +262,18 @@ def write_json(path: Path | str, data: Any) -> None:
     write_text(path, text + "\n")
 
 
+def _voxels(path: Path) -> np.ndarray:
+    """The voxels of an image file as (Z, Y, X), read strictly: ITK zero-fills a truncated NIfTI
+    without a word, nibabel refuses it."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        return np.asanyarray(nib.load(str(path)).dataobj).T
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 def write_image(path: Path | str, image: sitk.Image, compress: bool = True) -> None:
-    """Write a NIfTI or MetaImage file atomically (format from the extension).
+    """Write a NIfTI or MetaImage file atomically (format from the extension), published only
+    once it reads back to the voxels written (ITK's gzip writer returns normally on a full disk,
+    leaving a short file).
 
     Only pixels and geometry are written: header fields carried over from another format (NIfTI
     descriptions, qform codes) would make ITK warn about every MetaImage it writes.
@@ -118,7 +281,12 @@ def write_image(path: Path | str, image: sitk.Image, compress: bool = True) -> N
     clean = sitk.Image(image)
     for key in clean.GetMetaDataKeys():
         clean.EraseMetaData(key)
-    with atomic_path(path) as tmp:
+
+    def check(tmp: Path) -> None:
+        if not np.array_equal(_voxels(tmp), sitk.GetArrayViewFromImage(clean)):
+            raise ValueError("the voxels read back differ from those written")
+
+    with atomic_path(path, check) as tmp:
         sitk.WriteImage(clean, str(tmp), useCompression=compress)
 
 
@@ -180,22 +348,35 @@ def claim_dir(path: Path | str, command: str, inputs: Iterable[Path | str | None
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: is a file, not a folder; choose another output folder")
     if path.is_dir() and any(path.iterdir()):
-        owner = _owner(path)
-        if owner is None:
+        written_by = owner(path)
+        if written_by is None:
             first = sorted(p.name for p in path.iterdir())[0]
             raise OutputError(
                 f"{path}: not empty and not written by hecktor (it holds {first!r}, among "
                 "others); choose an empty or new output folder"
             )
-        if owner != command:
+        if written_by != command:
             raise OutputError(
-                f"{path}: holds the output of `hecktor {owner}`, not of `hecktor {command}`; "
+                f"{path}: holds the output of {locks.who(written_by)}, not of {locks.who(command)}; "
                 "choose another output folder"
             )
     return path
 
 
-def _owner(path: Path) -> str | None:
+def claim_files(root: Path | str, names: Iterable[Path | str], command: str) -> list[Path]:
+    """Check that the files ``names`` under ``root`` may receive ``command``'s output (a folder
+    shared with others, such as a container's ``/output``): each is absent, or ``root`` is marked
+    as ``command``'s earlier output. Returns their paths."""
+    root = Path(root)
+    paths = [root / name for name in names]
+    taken = [path for path in paths if path.exists()]
+    if taken and owner(root) != command:
+        raise OutputError(f"{taken[0]}: exists and was not written by {locks.who(command)}; "
+                          "give an empty output folder")  # fmt: skip
+    return paths
+
+
+def owner(path: Path) -> str | None:
     """The command named by the folder's marker, or None when it has none."""
     try:
         data = json.loads((path / MARKER).read_text())
@@ -210,28 +391,69 @@ def mark_dir(path: Path | str, command: str) -> None:
 
 
 @contextlib.contextmanager
+def owned_dir(
+    path: Path | str, command: str, inputs: Iterable[Path | str | None] = ()
+) -> Iterator[Path]:
+    """Hold folder ``path`` for ``command``, which writes it in place, file by file (``predict``):
+    its lock (:func:`hecktor.locks.writing`) for as long as the block runs, the claim
+    (:func:`claim_dir`, refused before any work) and the marker. What a killed writer left in it
+    or beside it is removed."""
+    path = Path(path)
+    with locks.writing(path, command):
+        sweep(path, every=True)
+        path = claim_dir(path, command, inputs)
+        path.mkdir(parents=True, exist_ok=True)
+        mark_dir(path, command)
+        write_text(path / INCOMPLETE, json.dumps({"command": command, "pid": os.getpid()}))
+        leftovers = [entry for entry in path.rglob(".*") if _TEMP.match(entry.name)]
+        for entry in leftovers:
+            _remove(entry)
+        if leftovers:
+            log.info("%s: removed %d leftover(s) of an earlier writer", path, len(leftovers))
+        yield path
+        (path / INCOMPLETE).unlink()  # only when the writer ends without an error
+
+
+def check_complete(path: Path | str) -> None:
+    """Refuse a result (a folder, or a file in one) whose writer did not finish it: it was
+    killed, or failed, while writing the folder in place (:func:`owned_dir`)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if (folder / INCOMPLETE).is_file():
+        raise OutputError(
+            f"{folder}: incomplete: {locks.who(owner(folder) or '?')} stopped before the end "
+            "while writing it; run it again to complete it"
+        )
+
+
+@contextlib.contextmanager
 def atomic_dir(
     path: Path | str, command: str, inputs: Iterable[Path | str | None] = ()
 ) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``path`` only when complete.
 
-    ``path`` is first claimed for ``command`` (:func:`claim_dir`): a folder that holds anything
-    this command did not write is refused before any work. An earlier output of the same command
-    is replaced; on failure the partial folder is deleted and ``path`` is left as it was.
+    ``command`` holds the folder's lock throughout (:func:`hecktor.locks.writing`: a second
+    writer stops, naming it) and first claims it (:func:`claim_dir`): a folder that holds
+    anything this command did not write is refused before any work. What a killed writer left
+    beside it is removed. An earlier output of the same command is replaced; on failure the
+    partial folder is deleted and ``path`` is left as it was.
     """
-    path = claim_dir(path, command, inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_sibling(path, "", lambda name: name.mkdir(0o777))
-    try:
-        yield tmp
-        mark_dir(tmp, command)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    path = Path(path)
+    with locks.writing(path, command):
+        sweep(path, every=True)
+        path = claim_dir(path, command, inputs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _unique_sibling(path, "", lambda name: name.mkdir(0o777))
+        try:
+            with _said_when_full(path):
+                yield tmp
+            mark_dir(tmp, command)
+            if path.exists():
+                old = _old(path)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
