@@ -186,3 +186,22 @@ def test_a_digest_of_some_sections_ignores_the_others():
     assert other.digest() != cfg.digest()
     assert other.digest(("prepare", "seg")) == cfg.digest(("prepare", "seg"))
     assert other.digest(("seg", "rfs")) != cfg.digest(("seg", "rfs"))
+
+
+def test_a_billion_laughs_params_file_is_refused_at_once_in_one_short_line(tmp_path):
+    """Nested aliases expanding to 10^9 values once ran 70 s to a MemoryError."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level, prev in zip("bcdefghi", "abcdefgh", strict=True):
+        lines.append(f"{level}: &{level} [{', '.join([f'*{prev}'] * 10)}]")
+    lines.append("split: *i")
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "aliases expand to" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_an_error_quotes_the_offending_key_not_the_whole_value(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        resolve({"split": {"folds": {f"k{i}": "x" * 100 for i in range(1000)}}})
+    assert "split.folds" in str(err.value) and len(str(err.value)) < 400

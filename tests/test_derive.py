@@ -1,5 +1,6 @@
 """What Task 2's derived inputs are keyed by: the weights the Task 1 and Task 3 models load."""
 
+import hashlib
 import json
 
 import pandas as pd
@@ -15,7 +16,8 @@ def _finished(folder, weights: str, data: bytes) -> None:
     """A fold as training leaves it: its weights and the record that names them."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / weights).write_bytes(data)
-    (folder / FINAL).write_text(json.dumps({"weights": weights, "key": "k"}))
+    (folder / FINAL).write_text(json.dumps({"weights": weights, "key": "k",
+                                            "sha256": hashlib.sha256(data).hexdigest()}))  # fmt: skip
 
 
 def test_inputs_are_keyed_by_the_weights_the_models_load(project_cfg):

@@ -5,10 +5,12 @@ from pathlib import Path
 import yaml
 
 from hecktor.fingerprints import (
+    INFERENCE_CODE,
     PACKAGE,
     TRAINING_CODE,
     file_sha256,
     files_digest,
+    inference_code,
     json_digest,
     prepared_digest,
     source_digest,
@@ -89,3 +91,22 @@ def test_short_digests_have_their_stated_lengths(tmp_path):
     (tmp_path / "cases.csv").write_text("PatientID\nA-1\n")
     assert len(source_digest(tmp_path, ("m.py",))) == 12
     assert len(prepared_digest(tmp_path)) == 12
+
+
+def test_the_inference_code_digest_covers_every_module_predict_runs():
+    """A module `predict` imports but the digest leaves out would let a rerun reuse results
+    that code made differently."""
+    import grimp
+
+    graph = grimp.build_graph("hecktor")
+    roots = ["hecktor.inference.batch", *{spec.predictor.split(":")[0] for spec in TASKS.values()}]
+    needed = set(roots).union(*(graph.find_upstream_modules(m) for m in roots))
+    covered = {
+        ".".join(("hecktor", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for part in INFERENCE_CODE
+        for p in ((PACKAGE / part).rglob("*.py") if (PACKAGE / part).is_dir() else [PACKAGE / part])
+    }
+    assert {m for m in needed if m.startswith("hecktor")} <= covered
+    assert inference_code() == source_digest(PACKAGE, INFERENCE_CODE)

@@ -1,6 +1,8 @@
 """A real MLflow store (SQLite in a temporary folder) and the run tags."""
 
 import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -86,3 +88,60 @@ def test_a_queued_dvc_experiment_logs_to_the_projects_store(monkeypatch, tmp_pat
         tracking.tracking_uri(tmp_path / "elsewhere")
         == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
     )
+
+
+def _texts(db_path) -> list[str]:
+    """Every text value the store's database holds."""
+    import contextlib
+    import sqlite3
+
+    values = []
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                values += [v for v in row if isinstance(v, str)]
+    return values
+
+
+def test_a_moved_store_names_only_its_own_folder(store, tmp_path):
+    """MLflow records absolute artifact paths: a moved or copied store is made to name its own
+    folder when it is opened, and reads and writes nothing outside it."""
+    exp = tracking.experiment("hecktor-test", store)
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_text("hello", "note.txt")
+    mlflow.set_tracking_uri(None)
+    os.environ.pop(tracking.ENV, None)
+    moved = tmp_path / "elsewhere" / "mlruns"
+    moved.parent.mkdir()
+    store.rename(moved)  # nothing is left at the old path: any use of it would fail or show
+    assert tracking.relocate(moved) == [store.resolve()]
+    assert not any(str(store.resolve()) in v for v in _texts(moved / "mlflow.db"))
+    tracking.open_store(moved)
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/note.txt") == "hello"
+    exp = tracking.experiment("hecktor-test", moved)
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.log_text("again", "note.txt")
+    assert not store.exists()
+    assert tracking.relocate(moved) == []  # once is enough
+
+
+def test_a_slim_install_says_in_one_line_what_reads_the_project_store(tmp_path):
+    """The base install has mlflow-skinny, which reads no SQLite store: predict from the registry
+    says what to do instead of blaming the store."""
+    script = """
+import sys
+class Skinny:  # what mlflow-skinny lacks
+    def find_spec(self, name, path=None, target=None):
+        if name.endswith("sqlalchemy_store"):
+            raise ImportError("not in mlflow-skinny: " + name)
+sys.meta_path.insert(0, Skinny())
+from hecktor.cli import main
+sys.exit(main(["predict", "-i", "in", "-o", "out", "--no-clinical"]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != tracking.ENV}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert "mlflow-skinny" in line and "'.[pipeline]'" in line and "--models" in line
+    assert "MLFLOW_TRACKING_URI" in line and not (tmp_path / "out").exists()

@@ -2,9 +2,11 @@
 
 A bundle is a folder holding ``bundle.json`` (task, the config sections that rebuild the network and
 its inputs, the prepared grid, cross-validated metrics and the score the registry ranks by, code and
-data versions) and one weights file per member model. Weights files hold tensors and plain values
-only and load with ``torch.load(weights_only=True)``: loading a bundle unpickles nothing. What each
-task puts in its bundle is declared with the task (:mod:`hecktor.tasks`).
+data versions, and each member's weights file with its SHA-256) and one weights file per member
+model. Weights files hold tensors and plain values only and load with
+``torch.load(weights_only=True)``: loading a bundle unpickles nothing, and a weights file whose
+bytes are not those recorded is refused, named. What each task puts in its bundle is declared with
+the task (:mod:`hecktor.tasks`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from hecktor import io
 from hecktor.checkpoints import load_checkpoint
 from hecktor.config import Config, problems_of
 from hecktor.errors import UserError
-from hecktor.fingerprints import files_digest
+from hecktor.fingerprints import file_sha256, files_digest
 
 MANIFEST = "bundle.json"
-FORMAT = 1
+FORMAT = 2  # 2: each member records its weights file's SHA-256
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,17 @@ class Bundle:
         """Digest of the manifest and every weights file: equal bundles, equal digests."""
         return files_digest([self.root / MANIFEST, *(self.root / m["file"] for m in self.members)])
 
+    def verify(self, digest: str | None, source: str) -> Bundle:
+        """This bundle, if its :meth:`digest` is ``digest`` as ``source`` recorded it (a registry
+        version's tag, an export's ``sources.json``); else a :class:`UserError` naming both."""
+        if digest is not None and self.digest() != digest:
+            raise UserError(
+                f"{self.root}: its files differ from those {source} recorded (bundle digest "
+                f"{self.digest()}, recorded {digest}): damaged or changed; register or export "
+                "the model again"
+            )
+        return self
+
 
 def bundle_folder(path: Path) -> Path:
     """The bundle in ``path``: the folder itself, or the one an MLflow model folder holds (the
@@ -90,22 +103,33 @@ def load_bundle(root: Path | str) -> Bundle:
     if not path.is_file():
         raise UserError(f"{root}: not a model bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = io.read_json(path)
+    except ValueError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UserError(f"{path}: bundle format {found!r}, expected {FORMAT}; register or "
+                        "export the model again with this version of hecktor")  # fmt: skip
     for member in manifest.get("members", []):
-        if not (root / member["file"]).is_file():
-            raise UserError(f"{root / member['file']}: weights file missing")
+        weights = root / member["file"]
+        if not weights.is_file():
+            raise UserError(f"{weights}: weights file missing")
+        if file_sha256(weights) != member.get("sha256"):
+            raise UserError(f"{weights}: its bytes differ from those the bundle recorded "
+                            f"(sha256 in {path}): damaged or changed")  # fmt: skip
     return Bundle(root, manifest)
 
 
 def write_bundle(out: Path, manifest: dict, files: dict[str, Path]) -> Path:
-    """Write a bundle atomically: the folder appears complete or not at all."""
+    """Write a bundle atomically: the folder appears complete or not at all. Every weights file
+    must load (a truncated or damaged one is refused, named) and is recorded with its SHA-256."""
+    for src in files.values():
+        load_checkpoint(src)
     with io.atomic_dir(out, "register") as tmp:
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
-        clean = io.strict(manifest, out / MANIFEST)
+        digests = {name: file_sha256(tmp / name) for name in files}
+        members = [m | {"sha256": digests[m["file"]]} for m in manifest["members"]]
+        clean = io.strict(manifest | {"members": members}, out / MANIFEST)
         (tmp / MANIFEST).write_text(json.dumps(clean, indent=1, sort_keys=True, allow_nan=False))
     return out

@@ -7,6 +7,7 @@ Shared by training and inference. Checkpoints hold only tensors and plain values
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from hecktor import io
 from hecktor.errors import UserError
+from hecktor.fingerprints import file_sha256
 
 
 class Buildable(Protocol):
@@ -25,18 +27,29 @@ class Buildable(Protocol):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save`` of tensors and plain values only.
+    """Atomic ``torch.save`` of tensors and plain values only, published once the archive checks
+    whole (a full disk leaves a short one).
 
     Saved through a file handle: given a path, torch names the archive's inner folder after the
     (random) temporary file, and equal weights would not give equal bytes for DVC to recognise.
     """
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with io.atomic_path(path, io.check_zip) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint without unpickling arbitrary objects; one that cannot be read (truncated,
+    damaged, not a checkpoint) is a :class:`UserError` naming the file."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: weights file missing") from None
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable weights file, truncated or damaged ({reason[:200]})") from None  # fmt: skip
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a hecktor weights file (a {type(state).__name__})")
+    return state
 
 
 FINAL = "final.json"  # written when a fold finishes: which file holds its final weights
@@ -53,12 +66,14 @@ def write_final(folder: Path | str, key: str, swa_ran: bool) -> Path:
     weights = "swa.pt" if swa_ran else "best.pt"
     if load_checkpoint(folder / weights).get("key") != key:
         raise RuntimeError(f"{folder / weights}: written under another configuration")
-    io.write_json(folder / FINAL, {"weights": weights, "key": key})
+    io.write_json(folder / FINAL, {"weights": weights, "key": key,
+                                   "sha256": file_sha256(folder / weights)})  # fmt: skip
     return folder / weights
 
 
 def trained_checkpoint(folder: Path | str) -> Path:
-    """A finished fold's final weights, as :func:`write_final` recorded them."""
+    """A finished fold's final weights, as :func:`write_final` recorded them: the file must hold
+    the bytes it held when training ended (a damaged or replaced file is refused, named)."""
     folder = Path(folder)
     try:
         final = json.loads((folder / FINAL).read_text())
@@ -67,7 +82,13 @@ def trained_checkpoint(folder: Path | str) -> Path:
     if not final or not (folder / final["weights"]).is_file():
         # a ValueError: the command line reports it as one line, like any other unusable input
         raise UserError(f"{folder}: no finished training; run `hecktor train` first")
-    return folder / final["weights"]
+    weights = folder / final["weights"]
+    if final.get("sha256") != file_sha256(weights):
+        raise UserError(
+            f"{weights}: its bytes differ from those its training ended with (sha256 in "
+            f"{folder / FINAL}): the file was damaged or replaced; train the fold again"
+        )
+    return weights
 
 
 def clear_fold(folder: Path | str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
-from hecktor import __version__, io
+from hecktor import __version__, io, locks
 from hecktor.config import (
     TUNABLE,
     Config,
@@ -165,14 +165,17 @@ def _register(args: argparse.Namespace, cfg: Config) -> None:
         built = build_bundles(cfg, args.out or Path(cfg.paths.models) / "bundles", args.tasks)
         log.info("bundles written to %s (not registered)", ", ".join(map(str, built.values())))
         return
-    # a task's model chains the versions of the tasks it builds on: they are registered with it
-    with tempfile.TemporaryDirectory(prefix="hecktor-bundles-") as tmp:
-        built = build_bundles(cfg, args.out or tmp, requested(args.tasks))
-        registered = register_models(cfg, built, tracking.run_tags(cfg))
-    for result in registered.values():
-        log.info("%s version %s (CV score %s): %s", result["name"], result["version"],
-                 result["score"], result["alias"])  # fmt: skip
-    io.write_json(Path(cfg.paths.models) / REGISTERED, registered)
+    listing = Path(cfg.paths.models) / REGISTERED
+    # one register at a time: each decides the champions from what the registry holds
+    with locks.writing(listing, "register"):
+        # a task's model chains the versions of the tasks it builds on: registered with it
+        with tempfile.TemporaryDirectory(prefix="hecktor-bundles-") as tmp:
+            built = build_bundles(cfg, args.out or tmp, requested(args.tasks))
+            registered = register_models(cfg, built, tracking.run_tags(cfg))
+        for result in registered.values():
+            log.info("%s version %s (CV score %s): %s", result["name"], result["version"],
+                     result["score"], result["alias"])  # fmt: skip
+        io.write_json(listing, registered)
 
 
 def _task_names(value: str) -> list[str]:
@@ -251,8 +254,9 @@ def _ablate(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def _ui(args: argparse.Namespace, cfg: Config) -> None:
-    from hecktor.tracking import ui_command
+    from hecktor.tracking import open_store, ui_command
 
+    open_store(cfg.paths.mlruns)  # a copied or moved store names its own folder first
     command = ui_command(cfg.paths.mlruns, args.host, args.port)
     log.info("MLflow UI on http://%s:%d (Ctrl-C to stop)", args.host, args.port)
     os.execvp(command[0], command)  # the server replaces this process: signals reach it directly

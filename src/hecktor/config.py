@@ -8,6 +8,7 @@ defaults and validates the result; an unknown or mistyped key fails with its dot
 from __future__ import annotations
 
 import logging
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -36,6 +37,48 @@ log = logging.getLogger(__name__)
 
 class ConfigError(UserError):
     """A params file that cannot be used; the message names the offending key."""
+
+
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # a params file's nodes with every alias expanded (params.yaml: ~600)
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (each node counted by
+    reference once, so the count costs as little as the document; a cycle counts once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    sizes[id(node)] = min(1 + sum(_expanded(c, sizes) for c in children), 1 << 62)
+    return sizes[id(node)]
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file as data, safely and within bounds: no Python objects (``safe_load``), at most
+    :data:`MAX_YAML_BYTES`, and at most :data:`MAX_YAML_NODES` once aliases are expanded (a
+    "billion laughs" of nested aliases is refused before it is built)."""
+    path = Path(path)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes; not a params file")
+    loader = yaml.SafeLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: its aliases expand to {size} nodes, more than the "
+                              f"{MAX_YAML_NODES} a params file may hold")  # fmt: skip
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
@@ -365,9 +408,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to ``limit`` characters (a mapping
+    of a thousand keys, or an expanded alias, is not quoted whole)."""
+    shorten = reprlib.Repr()
+    shorten.maxlevel, shorten.maxdict, shorten.maxlist, shorten.maxstring = 2, 4, 4, limit
+    text = shorten.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def problems_of(err: ValidationError, *prefix: str) -> list[str]:
     """Each error of a validation as ``dotted.key: message (got value)``."""
-    return [f"{'.'.join(map(str, (*prefix, *e['loc'])))}: {e['msg']} (got {e.get('input')!r})"
+    return [f"{'.'.join(map(str, (*prefix, *e['loc'])))}: {e['msg']} (got {_shown(e.get('input'))})"
             for e in err.errors()]  # fmt: skip
 
 
@@ -415,10 +467,7 @@ def load_config(path: Path | str = "params.yaml", profile: str | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return rooted(resolve(raw, profile), path.parent)
@@ -436,7 +485,7 @@ def rooted(cfg: Config, root: Path) -> Config:
 
 def profile_keys(path: Path | str, profile: str) -> list[str]:
     """The dotted keys a profile of a params file sets over the shared sections."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = read_yaml(path) or {}
     return list(flat((raw.get("profiles") or {}).get(profile) or {}))
 
 
@@ -472,10 +521,7 @@ def read_tuned(cfg: Config, task: str) -> dict[str, Any] | None:
     path = tuned_file(cfg, task)
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict) or not isinstance(data.get("values", {}), dict):
         raise ConfigError(f"{path}: expected a mapping with 'values'")
     return data

@@ -1,6 +1,7 @@
 """Score prediction files against the truth: the ``hecktor evaluate`` verbs.
 
-File reading and pairing live here; the maths is in :mod:`hecktor.metrics`. A truth patient
+File reading and pairing live here; the maths is in :mod:`hecktor.metrics`. Predictions whose
+writer did not finish (a ``predict`` run that was killed or failed) are refused. A truth patient
 without a prediction is an error naming them. Predictions of patients outside the truth are ignored
 and named in a warning, for every task alike (a batch output covers patients outside one task's
 truth, such as Task 1-only patients in a Task 2 table).
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from hecktor import metrics
+from hecktor import io, metrics
 from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
 
@@ -65,6 +66,7 @@ def evaluate_segmentation(pred_dir: Path | str, truth_dir: Path | str) -> dict:
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     if not pred_dir.is_dir():
         raise InputError([Problem("-", pred_dir, "prediction folder not found")])
+    io.check_complete(pred_dir)
     preds = {p.name.removesuffix(_NII): p for p in pred_dir.glob(f"*{_NII}")}
     truths = truth_masks(truth_dir)
     _check_pairing(set(preds), set(truths), pred_dir, truth_dir)
@@ -117,6 +119,7 @@ def read_predictions(path: Path | str, column: str = "Prediction") -> pd.Series:
     ``HPV_status``) stands in for ``Prediction``.
     """
     path = Path(path)
+    io.check_complete(path)
     try:
         frame = pd.read_csv(path, dtype={"PatientID": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

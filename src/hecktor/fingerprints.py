@@ -4,7 +4,8 @@
 * :func:`files_digest`: several files' bytes in order (the weights a derived input comes from).
 * :func:`json_digest`: a JSON-able value (a resume key, a study's settings, a trial's values).
 * :func:`source_digest` / :func:`training_code`: the package's own source; a checkpoint, a study or
-  a bundle made by other training code is not reused.
+  a bundle made by other training code is not reused. :func:`inference_code`: the same for a new
+  patient's prediction, which ``predict`` reuses only when made by the same code.
 * :func:`prepared_digest`: the prepared cohort (every case's metadata), the data version that
   checkpoints, studies, bundles and MLflow runs carry.
 """
@@ -42,6 +43,36 @@ TRAINING_CODE = (
     "data/loading.py",
     "data/clinical.py",
     "data/preprocess.py",
+)
+
+
+# The modules a new patient's prediction runs (``hecktor predict``: finding and reading the patient,
+# preprocessing, the predictors, writing the results), package-relative: their digest keys the
+# results a rerun reuses. A test holds it to the modules ``hecktor.inference`` imports.
+INFERENCE_CODE = (
+    "__init__.py",
+    "inference",
+    "tasks/__init__.py",
+    "tasks/spec.py",
+    "networks.py",
+    "models",
+    "prediction.py",
+    "lesions.py",
+    "labels.py",
+    "planning.py",
+    "bundle.py",
+    "checkpoints.py",
+    "devices.py",
+    "config.py",
+    "data/clinical.py",
+    "data/folds.py",
+    "data/layout.py",
+    "data/preprocess.py",
+    "io.py",
+    "locks.py",
+    "errors.py",
+    "fingerprints.py",
+    "tracking.py",
 )
 
 
@@ -85,6 +116,11 @@ def source_digest(root: Path | str, parts: Iterable[str]) -> str:
 def training_code(extra: tuple[str, ...] = ()) -> str:
     """Digest of the training code (plus ``extra`` package modules)."""
     return source_digest(PACKAGE, TRAINING_CODE + extra)
+
+
+def inference_code() -> str:
+    """Digest of the code that computes a new patient's prediction."""
+    return source_digest(PACKAGE, INFERENCE_CODE)
 
 
 def prepared_digest(prepared: Path | str) -> str:

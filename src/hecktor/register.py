@@ -24,6 +24,7 @@ from hecktor.data.preprocess import load_summary
 from hecktor.errors import UserError
 from hecktor.fingerprints import file_sha256, prepared_digest, training_code
 from hecktor.inference.pyfunc import save_model
+from hecktor.inference.sources import UPSTREAM_DIGESTS
 from hecktor.tasks import TASKS, config_sections, lineage, spec_of
 from hecktor.tasks.spec import TaskSpec, resolve
 
@@ -107,7 +108,7 @@ def sources_of(cfg: Config, bundle: Bundle) -> Sources:
     """Find the runs that made ``bundle`` in the task's experiment: the evaluation run tagged
     with the digest of ``metrics/<task>.json``, and each member's training run tagged with the
     digest of its weights file. Runs not tracked (``--no-track``) are simply not named."""
-    client = MlflowClient(tracking.tracking_uri(cfg.paths.mlruns))
+    client = MlflowClient(tracking.open_store(cfg.paths.mlruns))
     experiment = client.get_experiment_by_name(bundle.manifest["name"])
     if experiment is None:
         return Sources()
@@ -160,6 +161,18 @@ def register_model(bundle: Bundle, mlruns: Path | str, tags: dict[str, str],
             "uri": f"models:/{name}/{version.version}"}  # fmt: skip
 
 
+def _digests(client: MlflowClient, upstream: dict[str, str]) -> dict[str, str]:
+    """The bundle digest of each registered version in ``upstream`` (by task), by which
+    ``predict`` checks that the models it loads form the lineage they were registered in."""
+    found = {}
+    for task, uri in upstream.items():
+        named = tracking.registered_version(uri)
+        if named is None:
+            raise UserError(f"{uri}: not a registered model version (models:/<name>/<version>)")
+        found[task] = client.get_model_version(*named).tags["bundle_digest"]
+    return found
+
+
 def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags: dict[str, str],
                  upstream: dict[str, str], sources: Sources, recorded: dict[str, str]):  # fmt: skip
     """Log the model and create its version, tagged with ``recorded`` (what identifies it and
@@ -186,6 +199,7 @@ def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags:
     version_tags = {
         **tags,
         **recorded,
+        UPSTREAM_DIGESTS: json.dumps(_digests(client, upstream), sort_keys=True),
         "cv_metric": bundle.manifest["score"]["name"],
         "code": bundle.manifest["code"],
         "data": bundle.manifest["data"],

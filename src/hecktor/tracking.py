@@ -2,19 +2,27 @@
 
 The store is SQLite under ``mlruns/`` (``mlruns/mlflow.db``, artifacts in ``mlruns/artifacts``) with
 absolute paths, so ``dvc exp run --temp`` (which runs in a copy of the repo) logs to the same place.
-``MLFLOW_TRACKING_URI`` overrides it, e.g. a shared tracking server backed by PostgreSQL.
+MLflow records those paths in the database; a project that was copied or moved is made to name its
+own folder when its store is opened (:func:`open_store`), so that it never reads or writes the
+folder it came from. ``MLFLOW_TRACKING_URI`` overrides the store, e.g. a shared tracking server
+backed by PostgreSQL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
 import math
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import yaml
@@ -23,7 +31,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from hecktor import io
 from hecktor.config import Config, flat
+from hecktor.errors import UserError
 from hecktor.fingerprints import file_sha256, prepared_digest
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -41,28 +51,126 @@ def store_path(mlruns: Path | str) -> Path:
     return path.resolve()
 
 
+def _local_uri(mlruns: Path | str) -> str:
+    return f"sqlite:///{store_path(mlruns) / 'mlflow.db'}"
+
+
 def tracking_uri(mlruns: Path | str) -> str:
     """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else SQLite in the store's folder."""
     if os.environ.get(ENV):
         return os.environ[ENV]
-    return f"sqlite:///{store_path(mlruns) / 'mlflow.db'}"
+    return _local_uri(mlruns)
+
+
+def is_local(mlruns: Path | str) -> bool:
+    """Whether runs go to the project's own SQLite store (MLflow exports the URI it is given to
+    the environment: that one counts as local too)."""
+    return os.environ.get(ENV) in (None, "", _local_uri(mlruns))
 
 
 def artifact_location(mlruns: Path | str) -> str:
     return (store_path(mlruns) / "artifacts").as_uri()
 
 
+STORE = "store.json"  # in the store's folder: the folder it was last opened in
+
+
+def _recorded_roots(folder: Path, db: sqlite3.Connection) -> set[Path]:
+    """The folders the store's records name as its own: the one ``store.json`` recorded when it
+    was last opened; for a store from before that file, the folder holding the ``artifacts`` of
+    the experiments this package created (:func:`artifact_location`), named like this one."""
+    try:
+        return {Path(json.loads((folder / STORE).read_text())["root"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    roots = set()
+    query = "SELECT artifact_location FROM experiments WHERE name LIKE 'hecktor-%'"
+    for (location,) in db.execute(query):
+        if isinstance(location, str) and location.startswith("file://"):
+            path = Path(unquote(urlparse(location).path))
+            if path.name == "artifacts" and path.parent.name == folder.name:
+                roots.add(path.parent)
+    return roots
+
+
+def _rewrite(db: sqlite3.Connection, moved: list[Path], folder: Path) -> None:
+    """Every text value in the database under one of the ``moved`` folders, made the same path
+    under ``folder`` (as a file URI and as a plain path), in one transaction."""
+    columns = [
+        (table, column)
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")')
+        if not kind or any(t in kind.upper() for t in ("CHAR", "TEXT", "CLOB"))
+    ]
+    with db:
+        for old in moved:
+            for before, after in ((old.as_uri(), folder.as_uri()), (str(old), str(folder))):
+                for table, column in columns:
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '
+                        f'WHERE substr("{column}", 1, ?) = ?',
+                        (after + "/", len(before) + 2, len(before) + 1, before + "/"),
+                    )
+
+
+def relocate(mlruns: Path | str) -> list[Path]:
+    """Make a copied or moved local store name its own folder: every path MLflow recorded under
+    the folder the store was last opened in (experiments' artifact locations, runs', logged
+    models' and model versions' storage) is rewritten to the same path in this folder, and
+    ``store.json`` records this folder. Returns the folders replaced (none for a store that
+    never moved)."""
+    folder = store_path(mlruns)
+    moved: list[Path] = []
+    if (folder / "mlflow.db").is_file():
+        with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db:
+            moved = sorted(r for r in _recorded_roots(folder, db) if r != folder)
+            if moved:
+                _rewrite(db, moved, folder)
+    if folder.is_dir() and (moved or not (folder / STORE).is_file()):
+        io.write_json(folder / STORE, {"root": str(folder)})  # a new store starts here
+    if moved:
+        log.warning("%s: the store was copied or moved from %s; its records now name this folder",
+                    folder, ", ".join(map(str, moved)))  # fmt: skip
+    return moved
+
+
+def reads_local_stores() -> bool:
+    """Whether this install's MLflow reads a local (SQLite) store: the full ``mlflow`` package
+    does; ``mlflow-skinny``, the registry client of the slim inference install, does not."""
+    try:
+        found = importlib.util.find_spec("mlflow.store.model_registry.sqlalchemy_store")
+    except ImportError:
+        return False
+    return found is not None
+
+
+def open_store(mlruns: Path | str) -> str:
+    """Point MLflow at the project's store (the environment's tracking URI if set) and return
+    the URI. A local store is created if absent, and relocated (:func:`relocate`) if it was
+    copied or moved, before MLflow reads it."""
+    local = is_local(mlruns)  # before set_tracking_uri, which exports the URI to the environment
+    if local and not reads_local_stores():
+        raise UserError(
+            f"{_local_uri(mlruns)}: this install has MLflow's client only (mlflow-skinny), which "
+            "reads no local store: install the pipeline extra (pip install -c constraints.txt "
+            "'.[pipeline]'), or give --models (an `hecktor export` folder), or set "
+            "MLFLOW_TRACKING_URI to a tracking server"
+        )
+    if local:
+        store_path(mlruns).mkdir(parents=True, exist_ok=True)
+        with FileLock(str(store_path(mlruns) / "store.lock")):
+            relocate(mlruns)
+    uri = tracking_uri(mlruns)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def experiment(name: str, mlruns: Path | str) -> str:
     """Point MLflow at the store and return the id of experiment ``name``, created if needed."""
-
-    # Decide before set_tracking_uri: MLflow exports the URI it is given to the environment.
-    local = not os.environ.get(ENV) or os.environ[ENV] == tracking_uri(mlruns)
-    guard: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if local:
-        Path(mlruns).mkdir(parents=True, exist_ok=True)
-        # processes starting together (Optuna workers) must not create the database twice
-        guard = FileLock(str(Path(mlruns) / "store.lock"))
-    mlflow.set_tracking_uri(tracking_uri(mlruns))
+    local = is_local(mlruns)
+    open_store(mlruns)
+    # processes starting together (Optuna workers) must not create the database twice
+    guard = FileLock(str(store_path(mlruns) / "store.lock")) if local else contextlib.nullcontext()
     with guard:
         found = mlflow.get_experiment_by_name(name)
         if found is not None:
@@ -122,7 +230,8 @@ def evaluation_tags(cfg: Config, split: str, metrics: Path) -> dict[str, str]:
 
 
 def ui_command(mlruns: Path | str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The ``mlflow ui`` command line for this store, bound to ``host`` (loopback by default)."""
+    """The ``mlflow ui`` command line for this store, bound to ``host`` (loopback by default).
+    Call :func:`open_store` first: the UI reads what the store records."""
     return [
         "mlflow", "ui",
         "--backend-store-uri", tracking_uri(mlruns),
@@ -242,20 +351,53 @@ def _champion(client, name: str):
         return None
 
 
+def registered_version(uri: str) -> tuple[str, str] | None:
+    """``(name, version)`` of a registry URI that names a version (``models:/hecktor-seg/3``)."""
+    name, _, version = uri.removeprefix("models:/").partition("/")
+    return (name, version) if uri.startswith("models:/") and version.isdigit() else None
+
+
+def _chain_is_champion(client, version) -> bool:
+    """Whether every version ``version`` builds on (its ``upstream`` tag) is its model's champion."""
+    for uri in json.loads(version.tags.get("upstream") or "{}").values():
+        named = registered_version(uri)
+        champion = _champion(client, named[0]) if named else None
+        if champion is None or str(champion.version) != named[1]:  # type: ignore[index]
+            return False
+    return True
+
+
 def promote(client, name: str, version: str, score: float, data: str | None = None) -> str:
     """Move ``champion`` to ``version`` if it beats the current champion's CV score, else mark it
     ``challenger``. A first version is champion; a tie keeps the incumbent.
 
-    Scores on different data are not comparable: a challenger trained on other data than the
-    champion (``data`` tag) is kept out as the rule says, with a warning saying how to promote it.
+    Champions form one lineage: a version that builds on versions that are not their models'
+    champions stays challenger, and one that builds on the champions replaces a champion that
+    does not (after a new Task 1 champion, the Task 3 and Task 2 versions registered on it take
+    over, whatever their scores). Scores on different data are not comparable: a challenger
+    trained on other data than the champion (``data`` tag) is kept out as the rule says, with a
+    warning saying how to promote it.
     """
     champion = _champion(client, name)
     if champion is not None and str(champion.version) == str(version):
         return CHAMPION
+    mine = client.get_model_version(name, str(version))
     best = float(champion.tags.get("cv_score", "-inf")) if champion is not None else -math.inf
-    alias = CHAMPION if champion is None or score > best else CHALLENGER
+    if not _chain_is_champion(client, mine):
+        alias = CHALLENGER
+        log.info("%s version %s builds on versions that are not champions: challenger", name,
+                 version)  # fmt: skip
+    elif champion is None or not _chain_is_champion(client, champion) or score > best:
+        alias = CHAMPION
+    else:
+        alias = CHALLENGER
     client.set_registered_model_alias(name, alias, str(version))
-    if alias == CHALLENGER and data and champion.tags.get("data", data) != data:
+    if (
+        alias == CHALLENGER
+        and champion is not None
+        and data
+        and champion.tags.get("data", data) != data
+    ):
         log.warning(
             "%s version %s (data %s, CV %.4f) stays challenger to champion version %s, trained on "
             "other data (%s, CV %.4f): the scores are not comparable. To serve it: MlflowClient()"
@@ -266,21 +408,35 @@ def promote(client, name: str, version: str, score: float, data: str | None = No
     return alias
 
 
-def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str) -> tuple[Path, str | None]:
-    """A folder from a local path or any MLflow URI (``models:/hecktor-seg@champion``: the MLflow
-    model, which holds the bundle); returns the folder and the registry version when the URI
-    names one."""
-    if Path(uri).is_dir():
-        return Path(uri), None
+@dataclass(frozen=True)
+class Fetched:
+    """A folder fetched for a URI, and what the registry recorded of it (for a registry URI)."""
 
-    mlflow.set_tracking_uri(tracking_uri(mlruns))
+    path: Path
+    version: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def fetch_bundle(uri: str, dst: Path | str, mlruns: Path | str | None) -> Fetched:
+    """A folder from a local path or any MLflow URI (``models:/hecktor-seg@champion``: the MLflow
+    model, which holds the bundle), with the registry version and its tags when the URI names
+    one; from the project's store at ``mlruns``, or from MLflow's current one (``None``: a served
+    model's environment)."""
+    if Path(uri).is_dir():
+        return Fetched(Path(uri))
+
+    if mlruns is not None:
+        open_store(mlruns)
     version = None
     if uri.startswith("models:/"):
         name, _, ref = uri.removeprefix("models:/").partition("@")
         client = MlflowClient()
+        named = registered_version(uri)
         if ref:
-            version = client.get_model_version_by_alias(name, ref).version
-        else:
-            name, _, version = uri.removeprefix("models:/").partition("/")
+            version = client.get_model_version_by_alias(name, ref)
+        elif named:
+            version = client.get_model_version(*named)
     path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
-    return Path(path), version
+    if version is None:
+        return Fetched(Path(path))
+    return Fetched(Path(path), str(version.version), dict(version.tags))

@@ -1,5 +1,6 @@
 import json
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -347,3 +348,53 @@ def test_prepare_onto_its_own_release_is_refused_and_every_byte_kept(release_cop
     with pytest.raises(io.OutputError, match="input"):
         prepare_release(release_copy, out, _cfg())
     assert _bytes(release_copy.parent) == before
+
+
+# --------------------------------------------------------------------------- hostile sizes
+
+
+def test_an_id_with_a_trailing_newline_is_not_a_patient_id(release_copy):
+    assert layout.id_problem("NL-013\n") is not None and layout.id_problem("NL-013") is None
+    (release_copy / "Task 1" / "CHUM-009\n").mkdir()
+    problems = layout.scan_release(release_copy).problems
+    assert any("'CHUM-009\\n' is not a valid patient ID" in p.message for p in problems)
+
+
+def _claiming(path, shape):
+    """A tiny NIfTI whose header claims ``shape`` (its voxels are not there)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    path.write_bytes(header.binaryblock + b"\0" * 8)
+
+
+def test_a_header_claiming_a_huge_volume_is_refused_before_any_voxel_is_read(tmp_path, monkeypatch):
+    """A 96-byte .nii.gz whose header claims 2048 x 1024 x 1024 once took 4.7 GB to fail."""
+    path = tmp_path / "bomb.nii"
+    _claiming(path, (2048, 1024, 1024))
+    assert path.stat().st_size < 1000
+    problems: list = []
+    assert layout.read_image(path, "CHUM-001", problems) is None
+    assert "2147483648 voxels, more than the 268435456 allowed (HECKTOR_MAX_VOXELS)" in str(
+        problems[0]
+    )
+    io.write_image(tmp_path / "thin.nii.gz", make_image(np.zeros((4, 4, 4)), (1e-4, 1.0, 1.0)))
+    problems = []
+    layout.read_image(tmp_path / "thin.nii.gz", "CHUM-001", problems)
+    assert "implausible voxel spacing (0.0001, 1.0, 1.0) mm" in problems[0].message
+    monkeypatch.setenv("HECKTOR_MAX_VOXELS", "1000")  # the limits are the user's to set
+    image = make_image(np.zeros((16, 16, 16), np.float32))
+    sitk.WriteImage(image, str(tmp_path / "ct.mha"))
+    problems = []
+    assert layout.read_image(tmp_path / "ct.mha", "CHUM-001", problems) is None
+    assert "4096 voxels, more than the 1000 allowed" in problems[0].message
+
+
+def test_a_deeply_nested_ehr_is_named(tmp_path):
+    ct, pet = _container_images()
+    layout.write_container_input(tmp_path, "case-7", ct, pet, {})
+    (tmp_path / "ehr.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(
+        InputError, match=r"case-7: .*ehr\.json: cannot read JSON \(nested too deeply"
+    ):
+        layout.read_container_input(tmp_path)

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +202,26 @@ def test_a_box_leaving_the_scan_moves_back_inside_it_as_the_official_script_does
         assert lo[1] < 0 and hi[1] > 59  # y: the scan is smaller than the box: padded both sides
     else:
         assert hi[2] > 230  # left where it is: padded above the scan
+
+
+def test_prepare_on_a_full_disk_names_the_disk_and_leaves_nothing(release_dir, tmp_path):
+    """Blosc2 says only "Error while creating the NDArray" when the disk fills: the command must
+    say the disk is full, exit 2, and leave no partial output or temporary behind."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shell = (
+        'mount -t tmpfs -o size=256k tmpfs "$0" || exit 99; "$1" -m hecktor.cli "${@:2}"; '
+        'code=$?; echo "left: $(ls -A "$0")"; exit $code'
+    )
+    command = ["unshare", "-rm", "bash", "-c", shell, str(disk), sys.executable,
+               "prepare", "--release", str(release_dir), "--out", str(disk / "prepared"),
+               "--workers", "1"]  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if done.returncode in (1, 99) and "hecktor" not in done.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"no space left on the disk ({disk}" in done.stderr
+    assert done.stdout.strip() == "left:"  # no partial output, no temporary, no lock

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from hecktor import evaluation
+from hecktor import evaluation, fingerprints, io, locks
 from hecktor.cli import main
 from hecktor.data import layout
 from hecktor.data.preprocess import load_prepared
@@ -21,6 +26,7 @@ from hecktor.inference.sources import load_bundles
 from hecktor.io import OutputError
 from hecktor.tasks import TASKS
 from hecktor.tasks.spec import PatientInputs, resolve
+from tests.test_io import full_disk
 
 pytestmark = pytest.mark.slow
 AGREEMENT = 0.999  # of voxels labelled alike in bf16 and fp32
@@ -142,14 +148,21 @@ def test_container_mode_writes_exactly_the_official_outputs(bundles, release_dir
     written = predict_container(bundles, tmp_path / "input", tmp_path / "output")
     out = tmp_path / "output"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["hpv-status.json", "images/tumor-lymph-node-segmentation/output.mha",
-                     "rfs.json"]  # fmt: skip
-    assert sorted(written) == sorted(out / f for f in files)
+    assert files == [io.MARKER, "hpv-status.json",
+                     "images/tumor-lymph-node-segmentation/output.mha", "rfs.json"]  # fmt: skip
+    assert sorted(written) == sorted(out / f for f in files if f != io.MARKER)
     mask = sitk.ReadImage(str(out / "images/tumor-lymph-node-segmentation/output.mha"))
     assert mask.GetPixelID() == sitk.sitkUInt8 and mask.GetSize() == ct.GetSize()
     np.testing.assert_allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     assert isinstance(json.loads((out / "rfs.json").read_text()), float)
     assert isinstance(json.loads((out / "hpv-status.json").read_text()), bool)
+    predict_container(bundles, tmp_path / "input", out)  # its own outputs: replaced
+    other = tmp_path / "other"  # an output folder holding someone else's result
+    (other / "images/tumor-lymph-node-segmentation").mkdir(parents=True)
+    (other / "rfs.json").write_text("0.5")
+    with pytest.raises(OutputError, match=r"rfs\.json: exists and was not written by"):
+        predict_container(bundles, tmp_path / "input", other)
+    assert (other / "rfs.json").read_text() == "0.5"
 
 
 def test_container_mode_names_a_bad_ehr_value(bundles, release_dir, tmp_path, caplog):
@@ -296,9 +309,6 @@ def test_inference_stands_without_training_scoring_and_tuning_code(
     bundle_dir, release_dir, tmp_path
 ):
     """A slim image may leave training, scoring and tuning out: predict must not need them."""
-    import subprocess
-    import sys
-
     script = f"""
 import sys
 class Blocked:
@@ -462,3 +472,143 @@ def test_bf16_labels_agree_with_fp32_on_this_cpu(bundles, trained_cfg):
         assert clear.mean() > 0.5, (patient, clear.mean())  # the check covers most voxels
         agree = (a.labels == b.labels)[clear].mean()
         assert agree >= AGREEMENT, (patient, agree)
+
+
+# --------------------------------------------------------------------------- nothing lost, nothing stale
+
+
+def _predict_command(*args) -> list[str]:
+    return [sys.executable, "-m", "hecktor.cli", "predict", *map(str, args)]
+
+
+def _wait_for(check, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_predicts_into_one_folder_the_second_stops_naming_the_first(
+    bundle_dir, release_dir, tmp_path
+):
+    """Two real `hecktor predict` processes, other inputs, one output folder: the second exits 2
+    naming the first, which then completes with every one of its patients."""
+    other = tmp_path / "other"
+    _patient_folders(release_dir, other, 2)
+    out = tmp_path / "out"
+    first = subprocess.Popen(_predict_command("-i", release_dir, "-o", out, "--models", bundle_dir),
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        _wait_for(lambda: (locks.holder(out) or {}).get("pid") == first.pid)
+        os.kill(first.pid, signal.SIGSTOP)  # holding the folder, whatever the machine's speed
+        second = subprocess.run(
+            _predict_command("-i", other, "-o", out, "--no-clinical", "--models", bundle_dir),
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"`hecktor predict` (process {first.pid} on" in second.stderr
+        assert "is writing it" in second.stderr
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, first.stderr.read() if first.stderr else ""
+    manifest = json.loads((out / "manifest.json").read_text())
+    patients = sorted(p.name for p in (release_dir / "Task 1").iterdir() if p.is_dir())
+    assert manifest["status"] == "complete" and manifest["predicted"] == len(patients)
+    assert sorted(p.stem.removesuffix(".nii") for p in out.glob("*.nii.gz")) == patients
+
+
+def test_a_killed_rerun_leaves_a_folder_that_says_it_is_incomplete(
+    bundle_dir, release_copy, tmp_path, caplog
+):
+    """SIGKILL of a rerun after two patients' images changed: the folder must not look like a
+    finished result; evaluate refuses it; the next run completes it as a fresh folder would."""
+    out = tmp_path / "out"
+    args = ["-i", release_copy, "-o", out, "--models", bundle_dir]
+    assert main(["predict", *map(str, args)]) == 0
+    patients = sorted(p.name for p in (release_copy / "Task 1").iterdir() if p.is_dir())
+    for pid in patients[:2]:  # their PET changes; grids and labels stay
+        path = release_copy / "Task 1" / pid / f"{pid}__PT.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(path)) * 1.5, str(path))
+    rerun = subprocess.Popen(_predict_command(*args), cwd=tmp_path, stderr=subprocess.DEVNULL)
+
+    def running() -> bool:
+        try:
+            return json.loads((out / "manifest.json").read_text())["status"] == "running"
+        except (OSError, ValueError, KeyError):
+            return False
+
+    _wait_for(running)
+    rerun.kill()
+    rerun.wait()
+    assert not (out / "predictions.csv").exists()  # no summary of the previous run left
+    table = release_copy / "Task 3" / layout.TASK_CSV[3]
+    score = ["evaluate", "hpv", "--pred", str(out / "predictions.csv"), "--truth", str(table),
+             "--out", str(tmp_path / "hpv.json")]  # fmt: skip
+    assert main(score) == 2
+    assert "incomplete: `hecktor predict` stopped before the end" in caplog.text
+    seg = ["evaluate", "seg", "--pred", str(out), "--truth", str(release_copy / "Task 1"),
+           "--out", str(tmp_path / "seg.json")]  # fmt: skip
+    assert main(seg) == 2 and not (tmp_path / "seg.json").exists()
+
+    assert main(["predict", *map(str, args)]) == 0
+    assert main(score) == 0 and main(seg) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["predict", "-i", str(release_copy), "-o", str(fresh), "--models",
+                 str(bundle_dir)]) == 0  # fmt: skip
+    got, got_masks = _outputs(out)
+    want, want_masks = _outputs(fresh)
+    pd.testing.assert_frame_equal(got, want)
+    for name in want_masks:
+        np.testing.assert_array_equal(got_masks[name], want_masks[name])
+
+
+def test_a_full_disk_stops_predict_and_publishes_no_mask(bundles, release_dir, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    """ITK returns normally when the disk fills: the short mask is never published, so a rerun
+    cannot take it for a result."""
+    root, out = tmp_path / "new", tmp_path / "out"
+    _patient_folders(release_dir, root, 2)
+    with monkeypatch.context() as patched:
+        full_disk(patched)
+        with pytest.raises(io.WriteError, match=r"\.nii\.gz: no space left on the disk"):
+            predict_folder(bundles, root, out, no_clinical=True)
+    assert list(out.glob("*.nii.gz")) == [] and list((out / ".parts").iterdir()) == []
+    assert not (out / "predictions.csv").exists()
+    with pytest.raises(OutputError, match="incomplete"):
+        evaluation.evaluate_segmentation(out, release_dir / "Task 1")
+    again = predict_folder(bundles, root, out, no_clinical=True)
+    assert again["reused"] == 0 and again["predicted"] == 2 and again["status"] == "complete"
+
+
+def test_a_rerun_after_an_edit_of_the_inference_code_predicts_again(
+    bundles, release_dir, tmp_path, monkeypatch
+):
+    root, out = tmp_path / "new", tmp_path / "out"
+    _patient_folders(release_dir, root, 1)
+    predict_folder(bundles, root, out, no_clinical=True)
+    assert predict_folder(bundles, root, out, no_clinical=True)["reused"] == 1
+    edited = tmp_path / "src" / "hecktor"
+    shutil.copytree(fingerprints.PACKAGE, edited, ignore=shutil.ignore_patterns("__pycache__"))
+    with (edited / "prediction.py").open("a") as handle:
+        handle.write("\n# an edit\n")
+    monkeypatch.setattr(fingerprints, "PACKAGE", edited)
+    assert predict_folder(bundles, root, out, no_clinical=True)["reused"] == 0
+
+
+def test_a_flipped_bit_in_an_exported_weights_file_is_refused_naming_it(
+    bundle_dir, release_dir, tmp_path, caplog
+):
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models)
+    weights = models / "hecktor-seg" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    root, out = tmp_path / "new", tmp_path / "out"
+    _patient_folders(release_dir, root, 1)
+    code = main(["predict", "-i", str(root), "-o", str(out), "--no-clinical", "--tasks", "seg",
+                 "--models", str(models)])  # fmt: skip
+    assert code == 2
+    assert f"{weights}: its bytes differ from those the bundle recorded" in caplog.text
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -161,6 +162,10 @@ def test_mlflow_models_serve_answers_a_rest_request(bundle_dir, store, release_d
         labels = sitk.GetArrayFromImage(mask)
         assert row["GTVn_ml"] == pytest.approx((labels == 2).sum() * voxel_ml)
         assert row["GTVp_ml"] == pytest.approx((labels == 1).sum() * voxel_ml)
+        status, body = _post(f"http://127.0.0.1:{port}/invocations",
+                             {"dataframe_records": records,
+                              "params": {"output_dir": str(release_dir / "Task 1" / patient)}})  # fmt: skip
+        assert status == 400 and "is the input" in body["message"], body
         records[0]["CT"] = str(tmp_path / "nowhere.nii.gz")
         status, body = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
         assert status == 400 and "CT file not found" in body["message"], body
@@ -187,3 +192,34 @@ def test_only_models_that_read_clinical_values_mention_the_columns_left_out(
     with caplog.at_level(logging.WARNING):
         mlflow.pyfunc.load_model("models:/hecktor-hpv@champion").predict(request)
     assert "no column(s) ['Age', 'Gender'" in caplog.text
+
+
+def test_a_registered_model_never_writes_into_its_inputs_or_a_foreign_folder(
+    bundle_dir, store, release_dir, tmp_path
+):
+    """``output_dir`` holding the patient's own files (the release, with its label) is refused
+    (HTTP 400 when served), as is a folder holding anything this model did not write."""
+    register_all(bundle_dir, store)
+    model = mlflow.pyfunc.load_model("models:/hecktor-seg@champion")
+    pid = sorted(p.name for p in (release_dir / "Task 1").iterdir() if p.is_dir())[0]
+    patient = tmp_path / "release" / pid
+    shutil.copytree(release_dir / "Task 1" / pid, patient)
+    request = _requests(release_dir, [pid], clinical=False)
+    request["CT"] = str(patient / f"{pid}__CT.nii.gz")
+    request["PET"] = str(patient / f"{pid}__PT.nii.gz")
+    before = {p.name: p.read_bytes() for p in patient.iterdir()}
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for out, why in ((patient, "is the input"), (patient.parent, "contains the input"),
+                     (foreign, "not written by hecktor")):  # fmt: skip
+        with pytest.raises(MlflowException, match=why) as raised:
+            model.predict(request, params={"output_dir": str(out)})
+        assert raised.value.get_http_status_code() == 400
+    assert {p.name: p.read_bytes() for p in patient.iterdir()} == before  # the label included
+    assert (foreign / "notes.txt").read_text() == "mine"
+    masks = tmp_path / "masks"
+    for _ in range(2):  # its own folder: written, and written again
+        answer = model.predict(request, params={"output_dir": str(masks)})
+        assert answer["mask"][0] == str(masks.resolve() / f"{pid}.nii.gz")
+    assert sorted(p.name for p in masks.iterdir()) == [".hecktor-output", f"{pid}.nii.gz"]

@@ -125,3 +125,103 @@ def test_a_prediction_runs_the_tasks_asked_for_with_their_upstream_tasks():
     assert requested(None) == tuple(TASKS)
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['nope'\]"):
         requested(["nope"])
+
+
+@pytest.mark.slow
+def test_champions_form_one_lineage_and_predict_refuses_a_mixed_set(bundle_dir, store, tmp_path):
+    """A better Task 1 model takes Task 3 and Task 2 with it (they are registered on it); a
+    champion moved by hand that breaks the lineage is refused by predict, naming both."""
+    first = register_all(bundle_dir, store)
+    score = json.loads((bundle_dir / "hecktor-seg" / "bundle.json").read_text())["score"]["value"]
+    better = _with_score(bundle_dir / "hecktor-seg", tmp_path / "seg-2", score + 0.1)
+    seg = register_model(better, store, {})
+    upstream = {"seg": seg["uri"]}
+    hpv = register_model(load_bundle(bundle_dir / "hecktor-hpv"), store, {}, upstream)
+    rfs = register_model(load_bundle(bundle_dir / "hecktor-rfs"), store, {},
+                         upstream | {"hpv": hpv["uri"]})  # fmt: skip
+    assert [r["alias"] for r in (seg, hpv, rfs)] == ["champion"] * 3  # hpv, rfs: same scores
+    assert {r["version"] for r in (seg, hpv, rfs)} == {"2"}
+    bundles = load_bundles(store, tmp_path / "cache")
+    assert bundles.versions == {"seg": "2", "hpv": "2", "rfs": "2"}
+
+    worse = register_model(_with_score(bundle_dir / "hecktor-seg", tmp_path / "seg-3", -1.0),
+                           store, {})  # fmt: skip
+    hpv3 = register_model(load_bundle(bundle_dir / "hecktor-hpv"), store, {},
+                          {"seg": worse["uri"]})  # fmt: skip
+    assert (worse["alias"], hpv3["alias"]) == ("challenger", "challenger")  # beside its seg
+
+    client = MlflowClient(tracking.tracking_uri(store))
+    client.set_registered_model_alias("hecktor-seg", "champion", first["seg"]["version"])
+    with pytest.raises(ValueError, match=r"hecktor-hpv@champion \(version 2\) was registered on "
+                       r"another seg model than models:/hecktor-seg@champion \(version 1\)"):  # fmt: skip
+        load_bundles(store, tmp_path / "cache-2")
+    assert load_bundles(store, tmp_path / "cache-3", tasks=["seg"]).versions == {"seg": "1"}
+
+
+def _flip(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_models_that_differ_from_what_was_registered_or_exported_are_refused(
+    bundle_dir, store, tmp_path
+):
+    register_all(bundle_dir, store)
+    bundles = load_bundles(store, tmp_path / "cache")
+    exported = export_bundles(bundles, tmp_path / "export")
+    recorded = json.loads((exported / "sources.json").read_text())
+    assert recorded["hpv"]["upstream_digests"] == {"seg": bundles["seg"].digest()}
+
+    manifest = exported / "hecktor-hpv" / "bundle.json"  # a changed manifest, weights intact
+    manifest.write_text(manifest.read_text().replace('"name"', '"name" ', 1))
+    with pytest.raises(ValueError, match=r"hecktor-hpv: its files differ from those"):
+        load_bundles(tmp_path / "no-store", tmp_path / "c1", models_dir=exported)
+
+    stored = next(
+        p.parent / "model.pt"
+        for p in (store / "artifacts").rglob("bundle.json")
+        if json.loads(p.read_text())["task"] == "seg"
+    )
+    _flip(stored)  # one bit of the registry's own copy
+    with pytest.raises(ValueError, match=r"model\.pt: its bytes differ from those the bundle"):
+        load_bundles(store, tmp_path / "c2", tasks=["seg"])
+
+
+@pytest.mark.slow
+def test_register_refuses_a_damaged_weights_file_naming_it(trained_cfg, tmp_path):
+    from hecktor.config import override
+    from hecktor.register import build_bundles
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_cfg.paths.models / "seg", models / "seg")
+    cfg = override(trained_cfg, paths=override(trained_cfg.paths, models=models))
+    final = json.loads((models / "seg" / "holdout" / "final.json").read_text())
+    weights = models / "seg" / "holdout" / final["weights"]
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=rf"{weights}: its bytes differ"):
+        build_bundles(cfg, tmp_path / "bundles", ["seg"])
+    assert not (tmp_path / "bundles").exists()
+
+
+@pytest.mark.slow
+def test_a_copied_project_reads_and_writes_only_itself(bundle_dir, tmp_path, monkeypatch):
+    """A project copied elsewhere, the original then moved away: the copy's models load, and a
+    new version registers, from and into the copy alone."""
+    original = tmp_path / "project"
+    register_all(bundle_dir, original / "mlruns")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    original.rename(tmp_path / "away")  # its path no longer leads anywhere
+    monkeypatch.delenv(tracking.ENV, raising=False)  # MLflow exported the original's URI
+    bundles = load_bundles(copy / "mlruns", tmp_path / "cache")
+    assert bundles.versions == {"seg": "1", "hpv": "1", "rfs": "1"}
+    better = _with_score(bundle_dir / "hecktor-seg", tmp_path / "seg-2", 2.0)
+    assert register_model(better, copy / "mlruns", {})["alias"] == "champion"
+    assert not original.exists()  # nothing read or written there
+    assert all(
+        str(original) + "/" not in p.read_text(errors="ignore")
+        for p in (copy / "mlruns").rglob("*")
+        if p.is_file() and p.suffix in (".db", ".yaml", ".json", "")
+    )

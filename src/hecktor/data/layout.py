@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ TASK_COLUMNS: dict[int, tuple[str, ...]] = {
 }
 
 _ID = re.compile(r"^(?P<centre>[A-Za-z]+)[-_]?\w*$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the whole ID: fullmatch
 _GEOMETRY_TOL_MM = 1e-3
 MIN_OVERLAP = 0.8  # along every axis, the shared share of the shorter CT or PET field of view
 
@@ -107,7 +108,7 @@ class Release:
 def id_problem(patient: str) -> str | None:
     """Why ``patient`` cannot be a patient ID, or None. IDs name files and folders, so they are
     letters, digits, ``-``, ``_`` and ``.``, start with a letter or digit, and hold no ``..``."""
-    if _SAFE_ID.match(patient) and ".." not in patient:
+    if _SAFE_ID.fullmatch(patient) and ".." not in patient:
         return None
     return (
         f"{patient!r} is not a valid patient ID (letters, digits, '-', '_' and '.', starting "
@@ -179,15 +180,62 @@ def scan_release(root: Path | str) -> Release:
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image's header may claim, checked before any voxel is read: a 96-byte ``.nii.gz``
+    can claim two billion voxels, and a 2 MB one can hold 2 GB. The defaults admit any CT or PET
+    of a head-and-neck study (HECKTOR CTs are about 512 x 512 x 300 voxels); the environment
+    variables ``HECKTOR_MAX_VOXELS``, ``HECKTOR_MAX_SIDE`` and ``HECKTOR_SPACING_MM``
+    (``low,high``) change them."""
+
+    max_voxels: int = 2**28  # 512 x 512 x 1024; 1 GiB as float32
+    max_side: int = 8192
+    spacing_mm: tuple[float, float] = (0.01, 50.0)
+
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        env = os.environ
+        try:
+            low, high = (float(v) for v in env.get("HECKTOR_SPACING_MM", "0.01,50").split(","))
+            return cls(int(env.get("HECKTOR_MAX_VOXELS", cls.max_voxels)),
+                       int(env.get("HECKTOR_MAX_SIDE", cls.max_side)), (low, high))  # fmt: skip
+        except ValueError as err:
+            raise UserError(
+                f"HECKTOR_MAX_VOXELS, HECKTOR_MAX_SIDE, HECKTOR_SPACING_MM: {err}"
+            ) from None
+
+    def problem(
+        self, size: Sequence[int], spacing: Sequence[float], components: int = 1
+    ) -> str | None:
+        """Why a header claiming ``size`` voxels of ``spacing`` mm is refused, or None."""
+        size = [int(v) for v in size]
+        if len(size) != 3:
+            return f"expected a 3D image, got shape {tuple(size)}"
+        voxels = math.prod(size) * components
+        if min(size) < 1 or max(size) > self.max_side:
+            return (f"implausible size {tuple(size)} in the header (each side 1 to "
+                    f"{self.max_side} voxels; HECKTOR_MAX_SIDE)")  # fmt: skip
+        if voxels > self.max_voxels:
+            return (f"the header claims {tuple(size)} = {voxels} voxels, more than the "
+                    f"{self.max_voxels} allowed (HECKTOR_MAX_VOXELS)")  # fmt: skip
+        low, high = self.spacing_mm
+        if not all(low <= float(v) <= high for v in spacing):
+            return (f"implausible voxel spacing {tuple(round(float(v), 6) for v in spacing)} mm "
+                    f"in the header ({low} to {high} mm; HECKTOR_SPACING_MM)")  # fmt: skip
+        return None
+
+
 def read_nifti(path: Path | str) -> sitk.Image:
     """Read NIfTI with nibabel, strictly, into a SimpleITK image with LPS geometry.
 
-    ITK's NIfTI reader zero-fills a truncated file without complaint; nibabel raises. The affine
-    (RAS) becomes ITK's origin, spacing and direction (LPS), as ITK itself would set them.
+    ITK's NIfTI reader zero-fills a truncated file without complaint; nibabel raises. The header
+    is checked against :class:`ImageLimits` before the voxels are read. The affine (RAS) becomes
+    ITK's origin, spacing and direction (LPS), as ITK itself would set them.
     """
     image = nib.load(str(path))
-    if len(image.shape) != 3:
-        raise ValueError(f"expected a 3D image, got shape {image.shape}")
+    refused = ImageLimits.from_env().problem(image.shape, image.header.get_zooms())
+    if refused:
+        raise ValueError(refused)
     data = np.asanyarray(image.dataobj)
     affine = _RAS_TO_LPS @ image.affine[:3, :4]
     spacing = np.linalg.norm(affine[:, :3], axis=0)
@@ -206,7 +254,16 @@ def read_image(path: Path, patient: str, problems: list[Problem], pixel=sitk.sit
         if str(path).endswith((".nii", ".nii.gz")):
             image = read_nifti(path)
         else:
-            image = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()  # the header alone, checked before the voxels
+            refused = ImageLimits.from_env().problem(
+                reader.GetSize(), reader.GetSpacing(), reader.GetNumberOfComponents()
+            )
+            if refused:
+                problems.append(Problem(patient, path, refused))
+                return None
+            image = reader.Execute()
         if pixel is not None:
             image = sitk.Cast(image, pixel)
     except Exception as err:  # any reader failure is the file's problem, not ours
@@ -558,6 +615,8 @@ class ContainerInput:
 CONTAINER_MASK = Path("images/tumor-lymph-node-segmentation/output.mha")
 CONTAINER_RFS = Path("rfs.json")
 CONTAINER_HPV = Path("hpv-status.json")
+CONTAINER_OUTPUTS = (CONTAINER_MASK, CONTAINER_RFS, CONTAINER_HPV)
+CONTAINER = "predict --container"  # the writer named in the container's output folder
 
 
 def _single_mha(folder: Path, what: str, problems: list[Problem]) -> Path | None:
@@ -581,8 +640,8 @@ def read_container_input(root: Path | str = "/input") -> ContainerInput:
     ehr_path = root / "ehr.json"
     if ehr_path.is_file():
         try:
-            loaded = json.loads(ehr_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            loaded = io.read_json(ehr_path)
+        except (OSError, ValueError) as err:
             problems.append(Problem(patient, ehr_path, f"cannot read JSON ({err})"))
         else:
             if isinstance(loaded, dict):
@@ -605,8 +664,10 @@ def write_container_outputs(
     rfs: float | None = None,
     hpv: bool | None = None,
 ) -> list[Path]:
-    """Write the official outputs that are given: the uint8 mask, a bare float, a bare boolean."""
+    """Write the official outputs that are given: the uint8 mask, a bare float, a bare boolean.
+    None may replace a file that the container did not write (:func:`hecktor.io.claim_files`)."""
     root = Path(root)
+    io.claim_files(root, CONTAINER_OUTPUTS, CONTAINER)
     written = []
     if mask is not None:
         io.write_image(root / CONTAINER_MASK, sitk.Cast(mask, sitk.sitkUInt8))
@@ -617,6 +678,7 @@ def write_container_outputs(
     if hpv is not None:
         io.write_text(root / CONTAINER_HPV, json.dumps(bool(hpv)))
         written.append(root / CONTAINER_HPV)
+    io.mark_dir(root, CONTAINER)
     return written
 
 

@@ -13,8 +13,10 @@ shape. Masks go back to the original CT grid with :func:`to_original_grid` (near
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -274,21 +276,30 @@ def foreground_of(label: np.ndarray) -> Foreground:
 
 
 def _write_array(path: Path, array: np.ndarray, chunks: tuple[int, ...]) -> None:
+    """Store ``array``, then read it back: a full disk must not leave a short array behind."""
     chunks = tuple(min(c, s) for c, s in zip(chunks, array.shape, strict=True))
-    blosc2.asarray(np.ascontiguousarray(array), urlpath=str(path), mode="w", chunks=chunks,
-                   cparams=_CPARAMS)  # fmt: skip
+    array = np.ascontiguousarray(array)
+    try:
+        blosc2.asarray(array, urlpath=str(path), mode="w", chunks=chunks, cparams=_CPARAMS)
+    except RuntimeError as err:  # Blosc2 says only "Error while creating the NDArray"
+        if shutil.disk_usage(path.parent).free < array.nbytes:
+            raise OSError(errno.ENOSPC, f"no space left on device for {path}") from err
+        raise
+    if not np.array_equal(blosc2.open(str(path), mode="r")[...], array):
+        raise OSError(f"{path}: the stored array does not read back as written")
 
 
 def save_case(folder: Path, prepared: PreparedCase) -> None:
     """Store a case for patch reads: images as float16 (they are normalised), labels as uint8,
-    both compressed in 64^3 chunks, and where each class's voxels are."""
+    both compressed in 64^3 chunks, and where each class's voxels are; each file read back."""
     folder.mkdir(parents=True, exist_ok=True)
     _write_array(folder / IMAGE, prepared.image.astype(np.float16), (1, CHUNK, CHUNK, CHUNK))
     if prepared.label is not None:
         label = np.asarray(prepared.label, dtype=np.uint8)
         _write_array(folder / LABEL, label, (CHUNK, CHUNK, CHUNK))
         np.savez_compressed(folder / FOREGROUND, **foreground_of(label).to_arrays())
-    (folder / "meta.json").write_text(json.dumps(prepared.meta, indent=1))
+        io.check_zip(folder / FOREGROUND)
+    io.write_text(folder / "meta.json", json.dumps(prepared.meta, indent=1))
 
 
 class StoredCase:

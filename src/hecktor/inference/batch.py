@@ -23,7 +23,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from hecktor import io
+from hecktor import __version__, io
 from hecktor.data import layout
 from hecktor.data.layout import InputError, Problem
 from hecktor.data.preprocess import (
@@ -35,7 +35,7 @@ from hecktor.data.preprocess import (
 )
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
-from hecktor.fingerprints import file_sha256, json_digest
+from hecktor.fingerprints import file_sha256, inference_code, json_digest
 from hecktor.inference.sources import Bundles
 from hecktor.labels import LABELS
 from hecktor.tasks import TASKS
@@ -329,9 +329,12 @@ def _reason(err: Exception) -> str:
 
 
 def _models_key(described: dict[str, dict], overlap: float | None = None) -> str:
-    """The models' digests and the options that change what they predict."""
+    """What a result depends on besides the patient: the models' digests, the options that
+    change what they predict, and the code that computes it (this package's version and the
+    digest of its inference modules)."""
     return json.dumps({"models": {t: m["digest"] for t, m in described.items()},
-                       "overlap": overlap}, sort_keys=True)  # fmt: skip
+                       "overlap": overlap, "package": __version__, "code": inference_code()},
+                      sort_keys=True)  # fmt: skip
 
 
 def input_key(models: str, patient: NewPatient) -> str | None:
@@ -425,6 +428,9 @@ def _predict_each(bundles: Bundles, patients: list[NewPatient], parts: Path, out
             if prediction.mask is not None:
                 io.write_image(mask_path, prediction.mask)
             extras.write(prediction, output, pid, images.ct)
+        except io.WriteError:
+            _forget(parts, output, pid)
+            raise  # a full disk stops the run: every patient after this one would fail alike
         except (InputError, RuntimeError, ValueError, OSError) as err:
             _forget(parts, output, pid)
             failures.append({"PatientID": pid, "reason": _reason(err)})
@@ -465,54 +471,56 @@ def predict_folder(
 
     Writes ``<PID>.nii.gz`` (on the patient's CT grid) with its label tables, ``predictions.csv``,
     ``manifest.json`` and any :class:`Extras`, each atomically, into ``output``: a new or empty
-    folder, or an earlier ``predict`` output. A patient whose models, options, image bytes and
-    clinical row are those of its earlier result is reused, so a rerun after a kill continues;
-    anything changed is predicted again, and the results of patients no longer in the input are
-    removed (and listed). A patient that cannot be read is reported (in the log and the
-    manifest) and the others go on.
+    folder, or an earlier ``predict`` output, which this process alone writes (its lock). The
+    folder is marked incomplete before anything in it changes (``manifest.json`` says
+    ``running``, ``predictions.csv`` is removed) and complete only at the end. A patient whose
+    models, options, code, image bytes and clinical row are those of its earlier result is
+    reused, so a rerun after a kill continues; anything changed is predicted again, and the
+    results of patients no longer in the input are removed (and listed). A patient that cannot
+    be read is reported (in the log and the manifest) and the others go on.
     """
     output = Path(output)
     if overlap is not None and "seg" in bundles.tasks:  # a bad option fails before any work
         bundles["seg"].with_settings("seg", sw_overlap=overlap)
-    roots = [bundles[t].root for t in bundles.tasks]
-    io.claim_dir(output, "predict", [input_dir, clinical, *roots])
+    inputs = [input_dir, clinical, *(bundles[t].root for t in bundles.tasks)]
+    io.claim_dir(output, "predict", inputs)
     found = find_patients(input_dir, clinical, no_clinical)
     patients = found.patients
-    parts = output / ".parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    io.mark_dir(output, "predict")
     described = bundles.describe()  # digests read every weights file: once per run
-    key = _models_key(described, overlap)
-    removed = _remove_absent(parts, output, {p.patient for p in patients})
-    failures, skipped = _predict_each(
-        bundles, patients, parts, output, key, device, overlap, extras
-    )
-    failed = {f["PatientID"] for f in failures}
-    rows = [
-        json.loads((parts / f"{p.patient}.json").read_text())["row"]
-        for p in patients
-        if p.patient not in failed and (parts / f"{p.patient}.json").is_file()
-    ]
-    outputs = outputs_of(bundles.tasks)
-    if MASK in outputs:
-        write_label_tables(output)
-    columns = ["PatientID", *(k for k in outputs if k != MASK)]
-    io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     manifest = {
+        "status": "running",
         "input": str(Path(input_dir).resolve()),
         "clinical": found.clinical_source,
         "clinical_rows_unused": found.unused_rows,
         "models": described,
         "overlap": overlap,
         "patients": len(patients),
-        "predicted": len(rows),
-        "reused": skipped,
-        "removed": removed,
-        "failed": failures,
         "tasks": list(bundles.tasks),
-        "outputs": outputs,
+        "outputs": outputs_of(bundles.tasks),
     }
-    io.write_json(output / MANIFEST, manifest)
+    with io.owned_dir(output, "predict", inputs):
+        io.write_json(output / MANIFEST, manifest)  # incomplete, before anything else changes
+        (output / PREDICTIONS).unlink(missing_ok=True)
+        parts = output / ".parts"
+        parts.mkdir(exist_ok=True)
+        key = _models_key(described, overlap)
+        removed = _remove_absent(parts, output, {p.patient for p in patients})
+        failures, skipped = _predict_each(
+            bundles, patients, parts, output, key, device, overlap, extras
+        )
+        failed = {f["PatientID"] for f in failures}
+        rows = [
+            json.loads((parts / f"{p.patient}.json").read_text())["row"]
+            for p in patients
+            if p.patient not in failed and (parts / f"{p.patient}.json").is_file()
+        ]
+        if MASK in manifest["outputs"]:
+            write_label_tables(output)
+        columns = ["PatientID", *(k for k in manifest["outputs"] if k != MASK)]
+        io.write_text(output / PREDICTIONS, pd.DataFrame(rows, columns=columns).to_csv(index=False))
+        manifest |= {"status": "complete", "predicted": len(rows), "reused": skipped,
+                     "removed": removed, "failed": failures}  # fmt: skip
+        io.write_json(output / MANIFEST, manifest)
     log.info("predicted %d of %d patients (%d reused, %d failed) -> %s",
              len(rows), len(patients), skipped, len(failures), output)  # fmt: skip
     return manifest
@@ -529,6 +537,7 @@ def predict_container(
     missing = [t for t in ("seg", "hpv", "rfs") if t not in bundles.tasks]
     if missing:
         raise UserError(f"--container writes every challenge output: no bundle for {missing}")
+    io.claim_files(output_root, layout.CONTAINER_OUTPUTS, layout.CONTAINER)  # before any work
     data = layout.read_container_input(input_root)
     problems: list[Problem] = []
     ehr_path = Path(input_root) / "ehr.json"

@@ -5,14 +5,16 @@ predicts patients and ``mlflow models serve`` answers REST requests with the sam
 A task's MLflow model holds its bundle (:mod:`hecktor.bundle`: weights load with
 ``weights_only=True``) and names, in its configuration, the registered versions of the tasks it
 builds on (``models:/hecktor-seg/3``), fetched from the registry when it loads: each task's weights
-are stored once, and a prediction chains the versions that were registered together. Its code is
-this package (installed with it; nothing is unpickled), made the model by a three-line file.
+are stored once, and a prediction chains the versions that were registered together. Each bundle
+is checked against the digest recorded when it was registered. Its code is this package
+(installed with it; nothing is unpickled), made the model by a three-line file.
 
 Input: one row per patient, ``PatientID``, ``CT`` and ``PET`` (image files the predicting
 machine reads: NIfTI, MetaImage or NRRD) and any of the official clinical columns (missing or
 empty: unknown). Output: one row per patient, ``predictions.csv``'s columns and, where a task
 segments, the GTVp and GTVn volumes, the number of nodes and the mask's path (written only when
-the parameter ``output_dir`` names a folder).
+the parameter ``output_dir`` names a folder: new, empty or this model's own, never one that holds
+the request's images or anything else, as :func:`hecktor.io.owned_dir` rules).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, RESOURCE_CONFLICT, MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-from hecktor import io
+from hecktor import io, locks
 from hecktor.bundle import Bundle, bundle_folder, load_bundle
 from hecktor.data.layout import InputError, Problem
 from hecktor.errors import UserError
@@ -48,6 +50,7 @@ from hecktor.inference.sources import Bundles
 from hecktor.lesions import lesion_summary
 from hecktor.tasks import TASKS, lineage
 from hecktor.tasks.spec import MASK
+from hecktor.tracking import fetch_bundle
 
 IMAGES = ("CT", "PET")
 # a segmenting task's columns: its mask in numbers, and where the mask was written
@@ -107,15 +110,17 @@ def save_model(
     missing = sorted(set(lineage(bundle.task)) - {bundle.task} - set(upstream))
     if missing:
         raise UserError(f"{bundle.root}: the {bundle.task} model needs registered {missing} models")
+    digest = bundle.digest()  # checked when the model loads
     with tempfile.TemporaryDirectory(prefix="hecktor-model-") as tmp:
         code = Path(tmp) / "hecktor_model.py"
         code.write_text(MODEL_CODE)
         mlflow.pyfunc.save_model(
             str(out), python_model=str(code), artifacts={"bundle": str(bundle.root)},
-            model_config={"task": bundle.task, "upstream": upstream, "device": "auto"},
+            model_config={"task": bundle.task, "upstream": upstream, "device": "auto",
+                          "bundle_digest": digest},
             signature=signature(bundle.task), input_example=input_example(bundle.task),
             pip_requirements=requirements, metadata={"hecktor_bundle": bundle.manifest["name"],
-                                                     "bundle_digest": bundle.digest()},
+                                                     "bundle_digest": digest},
         )  # fmt: skip
     return out
 
@@ -133,17 +138,17 @@ class HecktorModel(PythonModel):
         self.device = str(config.get("device", "auto"))
         fetched = Path(tempfile.mkdtemp(prefix="hecktor-upstream-"))
         weakref.finalize(self, shutil.rmtree, fetched, True)
-        loaded = {self.task: load_bundle(context.artifacts["bundle"])}
+        mine = load_bundle(context.artifacts["bundle"])
+        loaded = {self.task: mine.verify(config.get("bundle_digest"), "this model's configuration")}
         sources = {self.task: "this model"}
         for task, uri in dict(config.get("upstream", {})).items():
             try:
-                path = mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(fetched / task)
-                )
+                found = fetch_bundle(uri, fetched / task, None)
             except MlflowException as err:
                 raise UserError(f"{uri}: the {self.task} model builds on it, but it is not in the "
                                 f"MLflow registry at {mlflow.get_tracking_uri()} ({err.message})") from None  # fmt: skip
-            loaded[task] = load_bundle(bundle_folder(Path(path)))
+            bundle = load_bundle(bundle_folder(found.path))
+            loaded[task] = bundle.verify(found.tags.get("bundle_digest"), uri)
             sources[task] = uri
         self.bundles = Bundles({t: loaded[t] for t in lineage(self.task)}, sources)
         self.bundles.check()
@@ -161,6 +166,21 @@ class HecktorModel(PythonModel):
         except InputError as err:
             raise MlflowException(str(err), INVALID_PARAMETER_VALUE) from None
         self._predictor = self._predictor or Predictor(self.bundles, self.device)
+        if not out:
+            return self._rows(patients, None)
+        inputs = sorted({f.parent for p in patients for f in (p.ct, p.pet) if f is not None})
+        try:
+            # the folder is this model's own: never one holding its inputs or anyone else's files
+            with io.owned_dir(out, locks.MODEL, inputs) as folder:
+                return self._rows(patients, folder.resolve())
+        except locks.LockedError as err:
+            raise MlflowException(str(err), RESOURCE_CONFLICT) from None
+        except (io.OutputError, io.WriteError) as err:
+            raise MlflowException(str(err), INVALID_PARAMETER_VALUE) from None
+
+    def _rows(self, patients: list[NewPatient], folder: Path | None) -> pd.DataFrame:
+        """Each patient's output row; its mask written into ``folder`` (None: not written)."""
+        assert self._predictor is not None
         rows = []
         for patient in patients:
             try:
@@ -173,12 +193,11 @@ class HecktorModel(PythonModel):
                 labels = sitk.GetArrayViewFromImage(prediction.mask)
                 row |= lesion_summary(labels, float(np.prod(prediction.mask.GetSpacing())))
                 row["mask"] = ""
-                if out:
-                    row["mask"] = str(Path(out).resolve() / f"{patient.patient}.nii.gz")
+                if folder is not None:
+                    row["mask"] = str(folder / f"{patient.patient}.nii.gz")
                     io.write_image(row["mask"], prediction.mask)
             rows.append(row)
-        columns = list(output_columns(self.task))
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=list(output_columns(self.task)))
 
 
 def _patients(frame: pd.DataFrame, clinical: bool = True) -> list[NewPatient]:

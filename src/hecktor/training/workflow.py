@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from hecktor import io, tracking
+from hecktor import io, locks, tracking
 from hecktor.checkpoints import fold_score, trained_checkpoint, write_final
 from hecktor.config import Config, read_tuned
 from hecktor.fingerprints import file_sha256, json_digest, prepared_digest, training_code
@@ -89,6 +89,10 @@ def _means(folds: dict[str, dict], prefixes: list[str]) -> dict[str, dict[str, f
     return means
 
 
+def _task_root(cfg: Config, task: str, out: Path | str | None) -> Path:
+    return Path(out) / task if out is not None else Path(cfg.paths.models) / task
+
+
 def train(
     cfg: Config,
     task: str = "seg",
@@ -105,12 +109,30 @@ def train(
     The training stage writes to ``models/<task>`` under a parent run of its own. An Optuna trial
     passes ``out`` (its own folder), ``parent`` (the trial's run, in ``experiment``) and
     ``on_fold``, called with each fold's index, name and score as soon as it is known: it may raise
-    to stop the remaining folds (a pruned trial), and may give its own ``folds``.
+    to stop the remaining folds (a pruned trial), and may give its own ``folds``. The process
+    that writes (rank 0) holds the task folder's lock: a second training of it stops at once.
     """
+    writes = distributed()[0] == 0
+    root = _task_root(cfg, task, out)
+    with locks.writing(root, f"train {task}") if writes else contextlib.nullcontext():
+        return _train(cfg, task, track, out, parent, experiment, on_fold, folds)
+
+
+def _train(
+    cfg: Config,
+    task: str,
+    track: bool,
+    out: Path | str | None,
+    parent: tracking.Tracker | None,
+    experiment: str,
+    on_fold: Callable[[int, str, float], None] | None,
+    folds: list[tuple[str, list[str], list[str]]] | None,
+) -> dict:
+    """:func:`train`, under its lock."""
     spec = spec_of(task)
     task_cfg: Any = spec.settings(cfg)
     modes, runners, runs = _runs(cfg, task, folds)
-    out_root = Path(out) / task if out is not None else Path(cfg.paths.models) / task
+    out_root = _task_root(cfg, task, out)
     resume_root = (
         out_root / "resume" if out is not None else Path(cfg.paths.mlruns) / "resume" / task
     )
