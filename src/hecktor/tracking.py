@@ -135,13 +135,12 @@ def relocate(mlruns: Path | str) -> list[Path]:
 
 
 def reads_local_stores() -> bool:
-    """Whether this install's MLflow reads a local (SQLite) store: the full ``mlflow`` package
-    does; ``mlflow-skinny``, the registry client of the slim inference install, does not."""
+    """Whether this install's MLflow reads a local (SQLite) store: ``mlflow-skinny`` does only
+    beside SQLAlchemy (a dependency of this package; MLflow asks the same question)."""
     try:
-        found = importlib.util.find_spec("mlflow.store.model_registry.sqlalchemy_store")
+        return importlib.util.find_spec("sqlalchemy") is not None
     except ImportError:
         return False
-    return found is not None
 
 
 def open_store(mlruns: Path | str) -> str:
@@ -151,10 +150,10 @@ def open_store(mlruns: Path | str) -> str:
     local = is_local(mlruns)  # before set_tracking_uri, which exports the URI to the environment
     if local and not reads_local_stores():
         raise UserError(
-            f"{_local_uri(mlruns)}: this install has MLflow's client only (mlflow-skinny), which "
-            "reads no local store: install the pipeline extra (pip install -c constraints.txt "
-            "'.[pipeline]'), or give --models (an `hecktor export` folder), or set "
-            "MLFLOW_TRACKING_URI to a tracking server"
+            f"{_local_uri(mlruns)}: this install's MLflow reads no local store (mlflow-skinny "
+            "without SQLAlchemy): install this package with its dependencies (pip install -c "
+            "constraints.txt '.[pipeline]' for everything), or give --models (an `hecktor "
+            "export` folder), or set MLFLOW_TRACKING_URI to a tracking server"
         )
     if local:
         store_path(mlruns).mkdir(parents=True, exist_ok=True)
