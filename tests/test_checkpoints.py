@@ -45,6 +45,9 @@ def test_weights_changed_after_training_are_refused_naming_the_file(tmp_path):
     (fold / "swa.pt").write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"fold/swa\.pt: its bytes differ .* train the fold again"):
         checkpoints.trained_checkpoint(fold)
+    (fold / checkpoints.FINAL).write_text(json.dumps({"weights": "swa.pt", "key": "k"}))
+    with pytest.raises(ValueError, match=r"final\.json: written by an earlier version"):
+        checkpoints.trained_checkpoint(fold)  # a record without the digest
 
 
 def test_an_unreadable_weights_file_is_named(tmp_path):

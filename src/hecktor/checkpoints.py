@@ -83,7 +83,10 @@ def trained_checkpoint(folder: Path | str) -> Path:
         # a ValueError: the command line reports it as one line, like any other unusable input
         raise UserError(f"{folder}: no finished training; run `hecktor train` first")
     weights = folder / final["weights"]
-    if final.get("sha256") != file_sha256(weights):
+    if "sha256" not in final:
+        raise UserError(f"{folder / FINAL}: written by an earlier version of hecktor (no digest "
+                        "of its weights); train the fold again (`dvc repro` does)")  # fmt: skip
+    if final["sha256"] != file_sha256(weights):
         raise UserError(
             f"{weights}: its bytes differ from those its training ended with (sha256 in "
             f"{folder / FINAL}): the file was damaged or replaced; train the fold again"
