@@ -3,6 +3,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,20 @@ def test_a_result_written_in_place_is_incomplete_until_its_writer_ends(tmp_path)
         pass
     io.check_complete(tmp_path / "out")
     io.check_complete(tmp_path / "elsewhere.csv")  # files no command of ours wrote pass
+
+
+def test_scratch_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    """A killed predict leaves the models it fetched in the temporary folder: the next one
+    removes them (a live process's scratch is kept)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = locks.host_id()
+    left = tmp_path / f"hecktor-models-{tag}-{dead.pid}-abc"
+    live = tmp_path / f"hecktor-models-{tag}-{os.getpid()}-abc"
+    for folder in (left, live):
+        (folder / "hecktor-seg").mkdir(parents=True)
+    with io.scratch_dir("hecktor-models-") as mine:
+        assert mine.is_dir() and mine.name.startswith(f"hecktor-models-{tag}-{os.getpid()}-")
+        assert not left.exists() and live.exists()
+    assert not mine.exists()

@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
@@ -169,7 +168,7 @@ def _register(args: argparse.Namespace, cfg: Config) -> None:
     # one register at a time: each decides the champions from what the registry holds
     with locks.writing(listing, "register"):
         # a task's model chains the versions of the tasks it builds on: registered with it
-        with tempfile.TemporaryDirectory(prefix="hecktor-bundles-") as tmp:
+        with io.scratch_dir("hecktor-bundles-") as tmp:
             built = build_bundles(cfg, args.out or tmp, requested(args.tasks))
             registered = register_models(cfg, built, tracking.run_tags(cfg))
         for result in registered.values():
@@ -209,8 +208,8 @@ def _bundles(args: argparse.Namespace, cfg: Config, cache: Path):
 def _export(args: argparse.Namespace, cfg: Config) -> None:
     from hecktor.inference.sources import export_bundles
 
-    with tempfile.TemporaryDirectory(prefix="hecktor-export-") as cache:
-        bundles = _bundles(args, cfg, Path(cache))
+    with io.scratch_dir("hecktor-export-") as cache:
+        bundles = _bundles(args, cfg, cache)
         out = export_bundles(bundles, args.out)
     log.info("exported %s -> %s", ", ".join(bundles.sources.values()), out)
 
@@ -218,8 +217,8 @@ def _export(args: argparse.Namespace, cfg: Config) -> None:
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     from hecktor.inference.batch import Extras, predict_container, predict_folder
 
-    with tempfile.TemporaryDirectory(prefix="hecktor-models-") as cache:
-        bundles = _bundles(args, cfg, Path(cache))
+    with io.scratch_dir("hecktor-models-") as cache:
+        bundles = _bundles(args, cfg, cache)
         if args.container:
             written = predict_container(
                 bundles, args.input or "/input", args.output or "/output", args.device

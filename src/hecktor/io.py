@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -145,6 +146,29 @@ def sweep(path: Path | str, every: bool = False) -> list[Path]:
         log.info("%s: removed %d leftover(s) of an earlier writer: %s", path, len(removed),
                  ", ".join(p.name for p in removed))  # fmt: skip
     return removed
+
+
+def scratch(prefix: str) -> Path:
+    """A new private folder in the system's temporary folder for this process's scratch work
+    (models fetched from the registry, bundles being registered), named by machine and process;
+    first, the scratch folders of ``prefix`` whose process is gone (killed before it could clean
+    up) are removed."""
+    root = Path(tempfile.gettempdir())
+    for entry in root.glob(f"{prefix}*"):
+        match = re.match(rf"{re.escape(prefix)}(\w+)-(\d+)-", entry.name)
+        if match and match[1] == locks.host_id() and not locks.alive(int(match[2])):
+            shutil.rmtree(entry, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{locks.host_id()}-{os.getpid()}-"))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """:func:`scratch`, removed when the block ends."""
+    path = scratch(prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _temp_sibling(path: Path) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -184,7 +183,7 @@ def _new_version(client: MlflowClient, bundle: Bundle, experiment_id: str, tags:
             run_id = stack.enter_context(
                 tracking.run(experiment_id, f"register_{bundle.task}", tags)
             ).run_id
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hecktor-register-")))
+        tmp = stack.enter_context(io.scratch_dir("hecktor-register-"))
         save_model(bundle, tmp / "model", upstream, requirements())
         model = mlflow.initialize_logged_model(
             name=name, source_run_id=run_id, experiment_id=experiment_id,

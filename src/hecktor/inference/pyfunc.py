@@ -20,7 +20,6 @@ the request's images or anything else, as :func:`hecktor.io.owned_dir` rules).
 from __future__ import annotations
 
 import shutil
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Any
@@ -111,8 +110,8 @@ def save_model(
     if missing:
         raise UserError(f"{bundle.root}: the {bundle.task} model needs registered {missing} models")
     digest = bundle.digest()  # checked when the model loads
-    with tempfile.TemporaryDirectory(prefix="hecktor-model-") as tmp:
-        code = Path(tmp) / "hecktor_model.py"
+    with io.scratch_dir("hecktor-model-") as tmp:
+        code = tmp / "hecktor_model.py"
         code.write_text(MODEL_CODE)
         mlflow.pyfunc.save_model(
             str(out), python_model=str(code), artifacts={"bundle": str(bundle.root)},
@@ -136,7 +135,7 @@ class HecktorModel(PythonModel):
         # Task 1 alone reads no clinical values: no word about the columns a request leaves out
         self.reads_clinical = lineage(self.task) != ("seg",)
         self.device = str(config.get("device", "auto"))
-        fetched = Path(tempfile.mkdtemp(prefix="hecktor-upstream-"))
+        fetched = io.scratch("hecktor-upstream-")
         weakref.finalize(self, shutil.rmtree, fetched, True)
         mine = load_bundle(context.artifacts["bundle"])
         loaded = {self.task: mine.verify(config.get("bundle_digest"), "this model's configuration")}
