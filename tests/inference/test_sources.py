@@ -209,6 +209,7 @@ def test_register_refuses_a_damaged_weights_file_naming_it(trained_cfg, tmp_path
 def test_a_copied_project_reads_and_writes_only_itself(bundle_dir, tmp_path, monkeypatch):
     """A project copied elsewhere, the original then moved away: the copy's models load, and a
     new version registers, from and into the copy alone."""
+    monkeypatch.delenv(tracking.ENV, raising=False)  # another test's store, exported by MLflow
     original = tmp_path / "project"
     register_all(bundle_dir, original / "mlruns")
     copy = tmp_path / "copy"
