@@ -199,6 +199,9 @@ def test_a_billion_laughs_params_file_is_refused_at_once_in_one_short_line(tmp_p
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "aliases expand to" in str(err.value) and len(str(err.value)) < 300
+    path.write_text("split: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
 
 
 def test_an_error_quotes_the_offending_key_not_the_whole_value(tmp_path):

@@ -77,6 +77,8 @@ def read_yaml(path: Path | str) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply; not a params file") from None
     finally:
         loader.dispose()
 
