@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,15 @@ class Bundle:
     def weights(self, member: dict[str, Any], device: torch.device | str = "cpu") -> dict:
         return load_checkpoint(self.root / member["file"], device)
 
-    def digest(self) -> str:
-        """Digest of the manifest and every weights file: equal bundles, equal digests."""
+    @cached_property
+    def _digest(self) -> str:
         return files_digest([self.root / MANIFEST, *(self.root / m["file"] for m in self.members)])
+
+    def digest(self) -> str:
+        """Digest of the manifest and every weights file: equal bundles, equal digests. Read
+        once per loaded bundle (a prediction checks and records it several times; paper-scale
+        weights are hundreds of MB)."""
+        return self._digest
 
     def verify(self, digest: str | None, source: str) -> Bundle:
         """This bundle, if its :meth:`digest` is ``digest`` as ``source`` recorded it (a registry

@@ -135,8 +135,7 @@ def sweep(path: Path | str, every: bool = False) -> list[Path]:
     for entry in path.parent.iterdir():
         match = _TEMP.match(entry.name)
         if match is not None and match["output"] == path.name:
-            gone = match["host"] == locks.host_id() and not locks.alive(int(match["pid"]))
-            if every or gone:
+            if every or locks.gone(match["host"], match["pid"]):
                 removed.append(entry)
         elif every and entry == old:
             removed.append(entry)
@@ -156,7 +155,7 @@ def scratch(prefix: str) -> Path:
     root = Path(tempfile.gettempdir())
     for entry in root.glob(f"{prefix}*"):
         match = re.match(rf"{re.escape(prefix)}(\w+)-(\d+)-", entry.name)
-        if match and match[1] == locks.host_id() and not locks.alive(int(match[2])):
+        if match and locks.gone(match[1], match[2]):
             shutil.rmtree(entry, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{locks.host_id()}-{os.getpid()}-"))
 
@@ -387,17 +386,15 @@ def claim_dir(path: Path | str, command: str, inputs: Iterable[Path | str | None
     return path
 
 
-def claim_files(root: Path | str, names: Iterable[Path | str], command: str) -> list[Path]:
+def claim_files(root: Path | str, names: Iterable[Path | str], command: str) -> None:
     """Check that the files ``names`` under ``root`` may receive ``command``'s output (a folder
     shared with others, such as a container's ``/output``): each is absent, or ``root`` is marked
-    as ``command``'s earlier output. Returns their paths."""
+    as ``command``'s earlier output."""
     root = Path(root)
-    paths = [root / name for name in names]
-    taken = [path for path in paths if path.exists()]
+    taken = [root / name for name in names if (root / name).exists()]
     if taken and owner(root) != command:
         raise OutputError(f"{taken[0]}: exists and was not written by {locks.who(command)}; "
                           "give an empty output folder")  # fmt: skip
-    return paths
 
 
 def owner(path: Path) -> str | None:

@@ -57,6 +57,12 @@ def alive(pid: int) -> bool:
     return True
 
 
+def gone(host: str | None, pid: str | int | None) -> bool:
+    """Whether the process a name records (:func:`host_id`, pid) ran on this machine and runs
+    no more: what it left behind is nobody's."""
+    return host == host_id() and pid is not None and not alive(int(pid))
+
+
 def lock_file(path: Path | str) -> Path:
     """Where the lock of output ``path`` lives: beside it, so that it survives the output being
     replaced by a rename."""

@@ -54,7 +54,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 from optuna.visualization import matplotlib as plots
 
-from hecktor import io, tracking
+from hecktor import io, locks, tracking
 from hecktor.config import (
     TUNABLE,
     Config,
@@ -208,23 +208,13 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_interrupted(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of dead workers on this machine and enqueue their values again."""
     host = socket.gethostname()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+        if worker_host != host or not pid.isdigit() or locks.alive(int(pid)):
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
