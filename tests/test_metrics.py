@@ -155,13 +155,6 @@ def test_auc_matches_sklearn_with_ties():
     assert np.isnan(metrics.auc(np.ones(3), np.arange(3.0)))
 
 
-def test_winner():
-    assert metrics.winner(0.7, 0.6) == "network"
-    assert metrics.winner(0.6, 0.7) == "baseline"
-    assert metrics.winner(0.5, 0.5) == "tie"
-    assert metrics.winner(float("nan"), 0.5) == "n/a"
-
-
 # --------------------------------------------------------------------------- found by mutation
 
 
@@ -188,9 +181,16 @@ def test_segmentation_scores_per_patient_on_unequal_voxels():
     t2[3, 0, 0:2] = 2  # patient 2: one missed node (FN), no GTVp anywhere (DSC 1)
     scores = metrics.segmentation_scores([p1, p2], [t1, t2], [1.0, 2.0], ["a", "b"])
     assert scores["patients"] == {
-        "a": {"GTVp_DSC": pytest.approx(2 / 3), "GTVn_TP": 1, "GTVn_FP": 1, "GTVn_FN": 0},
-        "b": {"GTVp_DSC": 1.0, "GTVn_TP": 0, "GTVn_FP": 0, "GTVn_FN": 1},
-    }
+        "a": {"GTVp_DSC": pytest.approx(2 / 3), "GTVn_TP": 1, "GTVn_FP": 1, "GTVn_FN": 0,
+              "GTVn_overlap_mm3": 3.0, "GTVn_volumes_mm3": 8.0},
+        "b": {"GTVp_DSC": 1.0, "GTVn_TP": 0, "GTVn_FP": 0, "GTVn_FN": 1,
+              "GTVn_overlap_mm3": 0.0, "GTVn_volumes_mm3": 4.0},
+    }  # fmt: skip
+    # the per-patient breakdown gives the same figures back, for any subset or resample
+    figures = {k: scores[k] for k in ("GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score")}
+    assert metrics.scores_of_patients(list(scores["patients"].values())) == pytest.approx(figures)
+    twice = metrics.scores_of_patients([scores["patients"]["b"]] * 2)
+    assert twice["GTVn_F1agg"] == 0.0 and twice["GTVp_DSC"] == 1.0
     assert scores["GTVp_DSC"] == pytest.approx((2 / 3 + 1) / 2)
     # nodes pooled in mm^3: a predicts 4 and has 4 (3 shared, 1 mm^3); b has 2 (2 mm^3)
     assert scores["GTVn_DSCagg"] == pytest.approx(2 * 3 / ((4 + 4) * 1.0 + (0 + 2) * 2.0))
@@ -268,7 +268,14 @@ def test_aggregates_weigh_each_patient_by_its_voxel_volume_and_count_every_node(
     assert (alone["GTVn_TP"], alone["GTVn_FP"], alone["GTVn_FN"]) == (1, 0, 0)
     p2[2, 5, 5] = 2  # one false positive more
     scores = metrics.segmentation_scores([p1, p2], [t1, t2], [1.0, 8.0], ["a", "b"])
-    assert scores["patients"]["b"] == {"GTVp_DSC": 1.0, "GTVn_TP": 1, "GTVn_FP": 1, "GTVn_FN": 0}
+    assert scores["patients"]["b"] == {
+        "GTVp_DSC": 1.0,
+        "GTVn_TP": 1,
+        "GTVn_FP": 1,
+        "GTVn_FN": 0,
+        "GTVn_overlap_mm3": 8.0,
+        "GTVn_volumes_mm3": 40.0,
+    }
     assert scores["GTVn_F1agg"] == pytest.approx(2 * 2 / (2 * 2 + 1))
 
 

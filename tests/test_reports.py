@@ -1,7 +1,5 @@
 """The pipeline report's headline table, built from every task's metrics JSON."""
 
-import math
-
 import numpy as np
 
 from hecktor import reports
@@ -10,41 +8,52 @@ from hecktor.reports import headline_row, headline_rows, pipeline_report
 TITLES = {"seg": "Task 1: segmentation", "hpv": "Task 3: HPV status"}
 
 
+def _compared(network, baseline, verdict, interval=None):
+    return {"network": network, "baseline": baseline, "network_ci": interval,
+            "baseline_ci": interval, "difference_ci": interval, "verdict": verdict}  # fmt: skip
+
+
 def _metrics():
     return {
-        "hpv": {"headline": [headline_row("cv balanced accuracy", 0.6, 0.5, None, "network")]},
+        "hpv": {"headline": [headline_row("cv balanced accuracy",
+                                          _compared(0.6, 0.5, "network ahead"), None)]},
         "seg": {
             "headline": [
-                headline_row("hold-out score", 0.7, 0.4, None, "network"),
-                headline_row("hold-out GTVp_DSC", None, 0.6, None, ""),
+                headline_row("hold-out score", _compared(0.7, 0.4, "network ahead",
+                                                         [0.61, 0.79]), None),
+                headline_row("hold-out GTVp_DSC", _compared(None, 0.6, "n/a"), None),
             ]
         },
-    }
+    }  # fmt: skip
 
 
-def test_headline_rows_follow_the_tasks_order_and_read_nulls_as_nan():
+def test_headline_rows_follow_the_tasks_order_and_print_missing_figures_as_na():
     rows = headline_rows(_metrics(), TITLES)
     assert [(r["task"], r["figure"]) for r in rows] == [
         ("Task 1: segmentation", "hold-out score"),
         ("Task 1: segmentation", "hold-out GTVp_DSC"),
         ("Task 3: HPV status", "cv balanced accuracy"),
     ]
-    assert math.isnan(rows[1]["network"]) and math.isnan(rows[0]["oracle"])
+    assert rows[1]["network"] == "n/a" and rows[0]["oracle"] == "n/a"
+    assert rows[1]["difference"] == "n/a"
     assert headline_rows({"seg": None}, TITLES) == []
 
 
-def test_the_pipeline_report_shows_each_task_under_its_title():
-    page = pipeline_report(_metrics(), {"seg": "# Task 1\\n\\ntext"}, {}, TITLES)
-    assert "| Task 1: segmentation | hold-out score | 0.700 | 0.400 | n/a | network |" in page
-    assert "| Task 3: HPV status | cv balanced accuracy | 0.600 |" in page
+def test_the_pipeline_report_shows_each_figure_with_its_interval_and_the_verdict():
+    page = pipeline_report(_metrics(), {"seg": "# Task 1\n\ntext"}, {}, TITLES)
+    assert (
+        "| Task 1: segmentation | hold-out score | 0.700 [0.61, 0.79] | 0.400 [0.61, 0.79] "
+        "| 0.300 [0.61, 0.79] | n/a | network ahead |"
+    ) in page
+    assert "| Task 3: HPV status | cv balanced accuracy | 0.600 | 0.500 | 0.100 |" in page
     assert "## Task 1" in page  # a task's own report nests one level down
 
 
-def test_the_summary_holds_each_headline_figure_beside_its_baseline_and_nothing_else():
-    row = reports.headline_row("hold-out GTVp_DSC", 0.7, 0.6, None, "network")
+def test_the_summary_holds_each_headline_figure_beside_its_baseline_and_the_verdict():
+    row = reports.headline_row("hold-out GTVp_DSC", _compared(0.7, 0.6, "network ahead"), None)
     metrics = {"seg": {"headline": [row], "patients": {"a": {"GTVp_DSC": 1.0}}}, "hpv": None}
     assert reports.summary(metrics) == {
-        "seg": {"hold-out GTVp_DSC": {"network": 0.7, "baseline": 0.6}}
+        "seg": {"hold-out GTVp_DSC": {"network": 0.7, "baseline": 0.6, "verdict": "network ahead"}}
     }
 
 

@@ -219,6 +219,9 @@ class HpvConfig(_Section):
     loco: bool = False  # also train leave-one-centre-out folds, for the centre-shift report
     patch_size: tuple[int, int, int] = (192, 192, 192)
     init_from_seg: bool = True
+    # how image features and clinical data meet: the paper's concatenation, or (beyond it) a
+    # linear clinical term plus an image term that starts at zero (hecktor.models.fusion)
+    fusion: Literal["concat", "additive"] = "concat"
     mlp_width: int = Field(32, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     seg_weight: float = Field(1.0, ge=0)
@@ -251,6 +254,9 @@ class RfsConfig(_Section):
     # patient's input is the same every epoch); 0: read from the stored case every time
     cache_gb: float = Field(8.0, ge=0)
     widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+    fusion: Literal["concat", "additive"] = "concat"  # as hpv.fusion
+    # beyond the paper: the masks' lesion volumes and PET values enter the fusion linearly
+    lesion_features: bool = False
     mlp_width: int = Field(32, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     bootstrap: int = Field(1000, ge=0)

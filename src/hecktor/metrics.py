@@ -58,10 +58,16 @@ def gtvn_dsc_agg(
     """Aggregated GTVn DSC: 2 sum|A n B| / sum(|A| + |B|), volumes in mm^3 per patient."""
     inter = total = 0.0
     for p, t, v in zip(preds, truths, voxel_volumes, strict=True):
-        a, b = p == GTVN, t == GTVN
-        inter += float(np.logical_and(a, b).sum()) * v
-        total += float(a.sum() + b.sum()) * v
+        overlap, volumes = gtvn_volumes(p, t, v)
+        inter += overlap
+        total += volumes
     return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def gtvn_volumes(pred: np.ndarray, truth: np.ndarray, voxel_volume: float) -> tuple[float, float]:
+    """One patient's share of GTVn DSCagg: |A n B| and |A| + |B| in mm^3."""
+    a, b = pred == GTVN, truth == GTVN
+    return float(np.logical_and(a, b).sum()) * voxel_volume, float(a.sum() + b.sum()) * voxel_volume
 
 
 def match_lesions(
@@ -102,6 +108,20 @@ def gtvn_f1_agg(
     return (1.0 if denominator == 0 else 2 * tp / denominator), counts
 
 
+def scores_of_patients(rows: Sequence[dict]) -> dict[str, float]:
+    """GTVp DSC, GTVn DSCagg and GTVn F1agg from the per-patient breakdown of
+    :func:`segmentation_scores` (any subset or resample of its patients): what a bootstrap redraws."""
+    p_values = [r["GTVp_DSC"] for r in rows]
+    overlap = sum(r["GTVn_overlap_mm3"] for r in rows)
+    volumes = sum(r["GTVn_volumes_mm3"] for r in rows)
+    tp, fp, fn = (sum(r[f"GTVn_{k}"] for r in rows) for k in ("TP", "FP", "FN"))
+    p_mean = float(np.mean(p_values)) if p_values else float("nan")
+    n_dsc = 1.0 if volumes == 0 else 2.0 * overlap / volumes
+    n_f1 = 1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return {"GTVp_DSC": p_mean, "GTVn_DSCagg": n_dsc, "GTVn_F1agg": n_f1,
+            "score": selection_score(p_mean, n_dsc, n_f1)}  # fmt: skip
+
+
 def selection_score(gtvp: float, gtvn_dsc: float, gtvn_f1: float) -> float:
     """The paper's model-selection score: mean of GTVp DSC, GTVn DSCagg and GTVn F1agg."""
     return float((gtvp + gtvn_dsc + gtvn_f1) / 3)
@@ -127,9 +147,12 @@ def segmentation_scores(
     n_f1, counts = gtvn_f1_agg(preds, truths)
     names = list(patients) if patients is not None else [str(i) for i in range(len(preds))]
     per_patient = {
-        name: {"GTVp_DSC": dp, "GTVn_TP": c[0], "GTVn_FP": c[1], "GTVn_FN": c[2]}
-        for name, dp, c in zip(names, p_values, counts, strict=True)
-    }
+        name: {"GTVp_DSC": dp, "GTVn_TP": c[0], "GTVn_FP": c[1], "GTVn_FN": c[2],
+               **dict(zip(("GTVn_overlap_mm3", "GTVn_volumes_mm3"), gtvn_volumes(p, t, v),
+                          strict=True))}
+        for name, dp, c, p, t, v in zip(names, p_values, counts, preds, truths, voxel_volumes,
+                                        strict=True)
+    }  # fmt: skip
     return {
         "GTVp_DSC": p_mean,
         "GTVn_DSCagg": n_dsc,
@@ -173,10 +196,3 @@ def auc(truth: np.ndarray, score: np.ndarray) -> float:
     if truth.all() or not truth.any():
         return float("nan")
     return float(roc_auc_score(truth, score))
-
-
-def winner(network: float, baseline: float) -> str:
-    """Which of two scores (higher is better) wins: ``network``, ``baseline`` or ``tie``."""
-    if network != network or baseline != baseline:
-        return "n/a"
-    return "tie" if network == baseline else "network" if network > baseline else "baseline"

@@ -32,12 +32,15 @@ def plan_of(state: dict) -> Plan | None:
 
 def hpv_network(cfg: HpvConfig, plan: Plan, encoder: ClinicalEncoder) -> HPVNet:
     """Task 3's network: the planned Task 1 network, a head and the clinical MLP."""
-    return HPVNet(build_segmenter(plan), encoder.width, cfg.mlp_width, cfg.dropout)
+    return HPVNet(build_segmenter(plan), encoder.width, cfg.mlp_width, cfg.dropout, cfg.fusion)
 
 
-def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder) -> SurvivalNet:
-    """Task 2's network for the clinical encoding a fold fitted."""
-    return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout)
+def rfs_network(cfg: RfsConfig, encoder: ClinicalEncoder, spacing: Sequence[float]) -> SurvivalNet:
+    """Task 2's network for the clinical encoding a fold fitted, on the prepared grid's
+    ``spacing`` (mm; its input grid is ``rfs.input_pool`` times coarser)."""
+    voxel_cc = float(np.prod(spacing)) * cfg.input_pool**3 / 1000
+    return SurvivalNet(encoder.width, cfg.widths, cfg.mlp_width, cfg.dropout, cfg.fusion,
+                       cfg.lesion_features, voxel_cc)  # fmt: skip
 
 
 def rfs_input(

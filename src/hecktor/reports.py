@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from hecktor import io, metrics
+from hecktor import comparison, io, metrics
 from hecktor.config import Config, read_tuned, tuned_difference, tuned_file
 from hecktor.figures import save_figure
 
@@ -103,32 +103,62 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 3
 # --------------------------------------------------------------------------- the pipeline report
 
 
-def headline_row(
-    figure: str, network: float | None, baseline: float | None, oracle: float | None, winner: str
-) -> dict:
-    """One row of a task's ``headline`` (in its metrics JSON): a figure of the network, of its
-    baseline on the same patients and of the oracle (synthetic cohorts only), and which wins."""
-    return {"figure": figure, "network": network, "baseline": baseline, "oracle": oracle,
-            "winner": winner}  # fmt: skip
+def headline_row(figure: str, compared: dict, oracle: float | None) -> dict:
+    """One row of a task's ``headline`` (in its metrics JSON): a figure of the network and of its
+    baseline on the same patients with their intervals (:func:`hecktor.comparison.compare`), the
+    oracle's (synthetic cohorts only), and what the intervals allow one to say."""
+    return {"figure": figure, "network": compared["network"], "network_ci": compared["network_ci"],
+            "baseline": compared["baseline"], "baseline_ci": compared["baseline_ci"],
+            "difference_ci": compared["difference_ci"], "oracle": oracle,
+            "verdict": compared["verdict"]}  # fmt: skip
+
+
+COMPARISON_COLUMNS = ("network", "baseline", "difference", "verdict")
+
+
+def comparison_cells(compared: dict) -> dict[str, str]:
+    """A comparison's printed cells: each figure with its interval, and the verdict."""
+    return {
+        "network": comparison.interval_text(compared["network"], compared.get("network_ci")),
+        "baseline": comparison.interval_text(compared["baseline"], compared.get("baseline_ci")),
+        "difference": comparison.interval_text(
+            _difference(compared), compared.get("difference_ci")
+        ),
+        "verdict": compared.get("verdict", "n/a"),
+    }
 
 
 def headline_rows(metrics: dict[str, dict | None], titles: dict[str, str]) -> list[dict]:
-    """Every task's headline rows, titled, in the order of ``titles``."""
+    """Every task's headline rows, titled and ready to print (figures with their intervals), in
+    the order of ``titles``."""
     rows: list[dict] = []
     for task, title in titles.items():
         result = metrics.get(task)
-        if result:
-            nan = float("nan")
-            rows += [{"task": title, **{k: nan if v is None else v for k, v in row.items()}}
-                     for row in result.get("headline", [])]  # fmt: skip
+        for row in (result or {}).get("headline", []):
+            rows.append(
+                {
+                    "task": title,
+                    "figure": row["figure"],
+                    **comparison_cells(row),
+                    "oracle": comparison.interval_text(row.get("oracle"), None),
+                }
+            )
     return rows
+
+
+def _difference(row: dict) -> float:
+    network, baseline = row.get("network"), row.get("baseline")
+    if network is None or baseline is None:
+        return float("nan")
+    return network - baseline
 
 
 def summary(metrics: dict[str, dict | None]) -> dict[str, dict]:
     """The headline figures of every task, network beside baseline: the pipeline's one DVC metric
     (``metrics/summary.json``), so that ``dvc metrics show`` and ``dvc exp show`` stay short."""
     return {
-        task: {row["figure"]: {"network": row["network"], "baseline": row["baseline"]}
+        task: {row["figure"]: {"network": row["network"], "baseline": row["baseline"],
+                               "verdict": row.get("verdict", "n/a")}
                for row in result.get("headline", [])}
         for task, result in metrics.items() if result
     }  # fmt: skip
@@ -152,11 +182,13 @@ def pipeline_report(
         "Every task's network beside its simple baseline (PET threshold for Task 1, clinical",
         "logistic regression for Task 3, clinical Cox models for Task 2; the better Cox model is",
         "shown) and the oracle where the data have one (synthetic cohorts only). Baselines run on the",
-        "same patients and folds.",
+        "same patients and folds. In brackets: 95 % bootstrap intervals over patients, the same",
+        "resamples for both models; a model is called ahead only when the interval of the",
+        "difference (network minus baseline) excludes zero.",
         "",
         markdown_table(
             headline_rows(metrics, titles),
-            ["task", "figure", "network", "baseline", "oracle", "winner"],
+            ["task", "figure", "network", "baseline", "difference", "oracle", "verdict"],
         ),
         "",
         "## Tuned hyperparameters",

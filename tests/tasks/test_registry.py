@@ -151,8 +151,9 @@ def crossval_volume(cfg: Config, track: bool = True) -> dict:
     result = {
         "task": "volume",
         "score": {"name": "minus the mean absolute error", "value": -network},
-        "headline": [reports.headline_row("MAE of log(1 + mL)", network, baseline, None,
-                                          "network" if network < baseline else "baseline")],
+        "headline": [reports.headline_row("MAE of log(1 + mL)", {
+            "network": network, "baseline": baseline, "network_ci": None, "baseline_ci": None,
+            "difference_ci": None, "verdict": "n/a (no interval)"}, None)],
         "folds": folds,
     }  # fmt: skip
     io.write_json(Path(cfg.paths.metrics) / "volume.json", result)

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from mlflow.tracking import MlflowClient
 
-from hecktor import tracking
+from hecktor import comparison, tracking
 from hecktor.checkpoints import trained_checkpoint
 from hecktor.crossval.seg import crossval_seg
 from hecktor.data import layout
@@ -18,6 +18,9 @@ from hecktor.data.folds import folds_of
 from hecktor.fingerprints import file_sha256
 from hecktor.register import build_bundles, register_models
 from hecktor.training.workflow import train
+
+VERDICTS = {comparison.NETWORK_AHEAD, comparison.BASELINE_AHEAD, comparison.NO_DIFFERENCE,
+            comparison.UNKNOWN}  # fmt: skip
 
 
 @pytest.fixture
@@ -81,11 +84,18 @@ def test_crossval_scores_every_variant_on_the_ct_grid(trained):
     result = crossval_seg(cfg)
     assert set(result["variants"]) == {"best", "best_pp", "swa", "swa_pp", "baseline"}
     assert result["chosen"] == "swa_pp"
-    assert set(result["winner"].values()) <= {"network", "baseline", "tie"}
+    assert set(result["comparison"]) == {"GTVp_DSC", "GTVn_DSCagg", "GTVn_F1agg", "score"}
+    for metric, compared in result["comparison"].items():  # the figures compared: the variants'
+        assert compared["network"] == pytest.approx(result["variants"]["swa_pp"][metric])
+        assert compared["baseline"] == pytest.approx(result["variants"]["baseline"][metric])
+        assert compared["verdict"] in VERDICTS
     saved = json.loads((cfg.paths.metrics / "seg.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert (cfg.paths.plots / "seg" / "mip.png").stat().st_size > 1000
-    assert "| metric | network | baseline | winner |" in (cfg.paths.reports / "seg.md").read_text()
+    assert (
+        "| metric | network | baseline | difference | verdict |"
+        in (cfg.paths.reports / "seg.md").read_text()
+    )
 
     # the registered model is logged from this evaluation run and names the run that trained it
     registered = register_models(cfg, build_bundles(cfg, cfg.paths.models / "bundles", ["seg"]), {})
@@ -135,7 +145,11 @@ def test_hpv_trains_from_task1_weights_and_is_scored_with_its_baseline(trained):
     assert len(calls) == sum(f["val"] for f in summary["folds"].values())
     assert "loco" in result["baseline"]  # the baseline's leave-one-centre-out is always reported
     assert result["oracle"]["cv"]["balanced_accuracy"] >= 0.0
-    assert set(result["winner"].values()) <= {"network", "baseline", "tie", "n/a"}
+    assert set(result["comparison"]) == {f"{split}_{figure}" for split in ("cv", "test_ensemble")
+                                         for figure in ("balanced_accuracy", "auc")}  # fmt: skip
+    cv = result["comparison"]["cv_balanced_accuracy"]
+    assert cv["network"] == pytest.approx(result["network"]["cv"]["balanced_accuracy"])
+    assert cv["baseline"] == pytest.approx(result["baseline"]["cv"]["balanced_accuracy"])
     assert (cfg.paths.plots / "hpv" / "roc_cv.csv").read_text().startswith("fpr,tpr")
     assert (cfg.paths.plots / "hpv" / "confusion.csv").read_text().startswith("actual,predicted")
     assert "| network |" in (cfg.paths.reports / "hpv.md").read_text()

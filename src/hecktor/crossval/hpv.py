@@ -24,11 +24,11 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 
-from hecktor import figures, io, metrics, reports, tracking
+from hecktor import comparison, figures, io, metrics, reports, tracking
 from hecktor.config import Config
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder
 from hecktor.data.folds import folds_of, load_splits
-from hecktor.data.splits import fold_predictions
+from hecktor.data.splits import fold_predictions, pooled_values
 from hecktor.derive import load_models, logits_of
 from hecktor.tasks import task_folds
 from hecktor.tasks.hpv import HPVTask
@@ -203,12 +203,8 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     base_oof, base_test = baseline_logits(task, base_folds, test)
     base = summarise(task, base_oof, base_test)
     cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
-    headline = "test_ensemble" if "test_ensemble" in net else "cv"
-    winner = {}
-    for key in dict.fromkeys(("cv", headline)):
-        winner[f"{key}_balanced_accuracy"] = metrics.winner(
-            net[key]["balanced_accuracy"], base[key]["balanced_accuracy"]
-        )
+    compared = compare_with_baseline(task, pooled_values(oof, tested, "logit"),
+                                     pooled_values(base_oof, base_test, "logit"))  # fmt: skip
     kfold = oof[oof["kind"] == "kfold"]
     net["confusion_cv"] = _confusion(task.labels(kfold["PatientID"]), kfold["logit"].to_numpy() > 0)
     if len(tested):
@@ -220,7 +216,7 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
         "network": net,
         "baseline": base,
         "oracle": oracle_scores(cfg, task, cv_patients, test),
-        "winner": winner,
+        "comparison": compared,
         "threshold": "logit > 0 (probability 0.5 under balanced training)",
     }
     result = common_keys(result) | result
@@ -264,18 +260,43 @@ def crossval_hpv(cfg: Config, track: bool = True) -> dict:
     return result
 
 
+def _ba(truth: np.ndarray, logits: np.ndarray) -> float:
+    return metrics.balanced_accuracy(truth, (logits > 0).astype(int))
+
+
+FIGURES = {"balanced_accuracy": _ba, "auc": metrics.auc}
+
+
+def compare_with_baseline(
+    task: HPVTask, network: dict[str, pd.Series], baseline: dict[str, pd.Series],
+    resamples: int = 1000,
+) -> dict:  # fmt: skip
+    """Balanced accuracy and AUC of the network against the baseline's on the same patients
+    (cross-validation, and the test ensemble where there is one), with paired bootstrap intervals."""
+    out = {}
+    for split, values in network.items():
+        patients = sorted(set(values.index) & set(baseline[split].index))
+        truth = task.labels(patients).astype(int)
+        a, b = values.loc[patients].to_numpy(), baseline[split].loc[patients].to_numpy()
+        for name, figure in FIGURES.items():
+            out[f"{split}_{name}"] = comparison.compare_predictions(
+                figure, truth, a, b, resamples, chance=0.5
+            ).to_dict()
+    return out
+
+
 def common_keys(result: dict) -> dict:
     """The keys every task's metrics share: the registry's score and the report's headline rows."""
-    net, base, oracle = result["network"], result["baseline"], result["oracle"] or {}
+    net, oracle = result["network"], result["oracle"] or {}
     rows = [
         reports.headline_row(
-            f"{split} balanced accuracy",
-            net.get(split, {}).get("balanced_accuracy"),
-            base.get(split, {}).get("balanced_accuracy"),
-            oracle.get(truth, {}).get("balanced_accuracy"),
-            result["winner"].get(f"{split}_balanced_accuracy", ""),
+            f"{split} {name.replace('_', ' ') if name != 'auc' else 'AUC'}",
+            result["comparison"][f"{split}_{name}"],
+            oracle.get(truth, {}).get(name),
         )
         for split, truth in (("cv", "cv"), ("test_ensemble", "test"))
+        for name in FIGURES
+        if f"{split}_{name}" in result["comparison"]
     ]
     score = net["cv"]["balanced_accuracy"]
     return {
@@ -323,7 +344,16 @@ def render_report(result: dict) -> str:
         "",
         reports.markdown_table(rows, columns),
         "",
-        "Winner: " + ", ".join(f"{k}: **{v}**" for k, v in result["winner"].items()),
+        "Network against the baseline on the same patients, with 95 % bootstrap intervals over "
+        "patients (the same resamples for both):",
+        "",
+        reports.markdown_table(
+            [
+                {"figure": k.replace("_", " "), **reports.comparison_cells(v)}
+                for k, v in result["comparison"].items()
+            ],
+            ["figure", *reports.COMPARISON_COLUMNS],
+        ),
         "",
         "## Folds",
         "",

@@ -31,13 +31,13 @@ from lifelines.plotting import add_at_risk_counts
 from lifelines.statistics import logrank_test
 from scipy import ndimage
 
-from hecktor import io, metrics, reports, tracking
+from hecktor import comparison, io, metrics, reports, tracking
 from hecktor.checkpoints import load_trained
 from hecktor.config import Config
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder
 from hecktor.data.folds import folds_of, load_splits
 from hecktor.data.preprocess import load_prepared
-from hecktor.data.splits import fold_predictions
+from hecktor.data.splits import fold_predictions, pooled_values
 from hecktor.derive import derive_rfs_inputs
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.tasks import task_folds
@@ -110,9 +110,13 @@ def _best_fold(folds: dict[str, dict]) -> str:
     return max(folds, key=lambda f: np.nan_to_num(folds[f]["c_index"], nan=-1))
 
 
-def chains(cfg: Config, task: RFSTask, result: dict, true_test: dict, test: list[str]) -> dict:
+def chains(
+    cfg: Config, task: RFSTask, result: dict, true_test: dict, test: list[str],
+    served: dict[str, pd.Series],
+) -> dict:  # fmt: skip
     """The paper's chain and the ensemble, each on true and on predicted inputs: CV (pooled out of
-    fold), the chosen fold's own validation patients (the paper's chain), and the test set."""
+    fold), the chosen fold's own validation patients (the paper's chain), and the test set. The
+    paper chain's test risks on predicted inputs go into ``served`` (by chain)."""
     score = _scorer(task, cfg.rfs.bootstrap)
     out: dict = {}
     if "gt" in cfg.rfs.modes:
@@ -130,9 +134,9 @@ def chains(cfg: Config, task: RFSTask, result: dict, true_test: dict, test: list
             )
             wide = true_test["gt"].pivot(index="PatientID", columns="fold", values="risk")
             paper["true"]["test"] = score(wide.index, wide[best])
-            paper["predicted"]["test"] = score(
-                test, task.risks(model, test, inputs="pred_single", **steps)
-            )
+            risk = task.risks(model, test, inputs="pred_single", **steps)
+            paper["predicted"]["test"] = score(test, risk)
+            served["paper"] = pd.Series(risk, index=test).sort_index()
         out["paper"] = paper
     mode = "pred" if "pred" in cfg.rfs.modes else cfg.rfs.modes[0]
     out["ensemble"] = {"mode": mode, "folds": len(result["network"][mode]["folds"])} | {
@@ -238,21 +242,50 @@ def km_figure(task: RFSTask, patients, risk, title: str):
     return fig, p_value
 
 
+BASELINE_NAMES = {
+    "baseline_clinical": "clinical Cox",
+    "baseline_clinical_image": "clinical + image Cox",
+}
+
+
+def _c_index(truth: np.ndarray, risk: np.ndarray) -> float:
+    return metrics.c_index(truth[:, 0], truth[:, 1], risk)
+
+
+def compare_with_baselines(
+    task: RFSTask, network: dict[str, pd.Series], baselines: dict[str, dict[str, pd.Series]],
+    resamples: int,
+) -> dict:  # fmt: skip
+    """The served chain's C-index on predicted inputs (cross-validation, and the test set where
+    there is one) against each Cox baseline's on the same patients, with paired bootstrap intervals."""
+    out: dict = {}
+    for split, risk in network.items():
+        patients = sorted(risk.index)
+        truth = task.table.loc[patients, ["RFS", "Relapse"]].to_numpy(float)
+        out[split] = {
+            name: comparison.compare_predictions(
+                _c_index, truth, risk.loc[patients].to_numpy(float),
+                base[split].loc[patients].to_numpy(float), resamples, chance=0.5,
+            ).to_dict()
+            for name, base in baselines.items() if split in base
+        }  # fmt: skip
+    return out
+
+
 def common_keys(result: dict, chain: str, registered: str) -> dict:
     """The keys every task's metrics share: the registry's score (the registered mode's CV
     C-index) and the report's headline rows: the registered chain on predicted inputs (what a new
     patient gets; not the better of the modes, which would pick on the figures it reports) beside
-    the better Cox baseline."""
-    served = result["chains"][chain]["predicted"]
+    the better Cox baseline (by its figure: the stronger opponent)."""
     rows = []
     for split, key in (("cv", "cv"), ("test", "test_ensemble")):
-        network = (served.get(split) or {}).get("c_index", np.nan)
-        baseline = max((result[b].get(key, {}).get("c_index", np.nan)
-                        for b in ("baseline_clinical", "baseline_clinical_image")),
-                       key=lambda v: np.nan_to_num(v, nan=-1))  # fmt: skip
+        against = result["comparison"].get(key)
+        if not against:
+            continue
+        strongest = max(against.values(), key=lambda c: np.nan_to_num(c["baseline"], nan=-1))
         rows.append(reports.headline_row(
-            f"{split} C-index ({chain} chain)", network, baseline,
-            result.get("oracle", {}).get(split, {}).get("c_index"), metrics.winner(network, baseline),
+            f"{split} C-index ({chain} chain)", strongest,
+            result.get("oracle", {}).get(split, {}).get("c_index"),
         ))  # fmt: skip
     return {
         "task": "rfs",
@@ -285,12 +318,10 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
             (n, "loco", t, v)
             for n, t, v in folds_of(load_splits(cfg.paths.splits), "task2", "loco")
         ]
-    result["baseline_clinical"] = summarise(
-        task, *baseline_risks(task, base_folds, test, False), cfg.rfs.bootstrap
-    )
-    result["baseline_clinical_image"] = summarise(
-        task, *baseline_risks(task, base_folds, test, True), cfg.rfs.bootstrap
-    )
+    baselines = {name: baseline_risks(task, base_folds, test, images)
+                 for name, images in (("baseline_clinical", False), ("baseline_clinical_image", True))}  # fmt: skip
+    for name, frames_of in baselines.items():
+        result[name] = summarise(task, *frames_of, cfg.rfs.bootstrap)
     cv_patients = sorted({p for _, kind, _, val in folds if kind == "kfold" for p in val})
     oracle_path = Path(cfg.paths.oracle)
     if oracle_path.is_file():
@@ -299,14 +330,6 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
             result["oracle"] = {name: c_index_with_ci(task.table.loc[ps, "RFS"], task.table.loc[ps, "Relapse"],
                                                       oracle.loc[ps].to_numpy(), cfg.rfs.bootstrap)
                                 for name, ps in (("cv", cv_patients), ("test", test)) if ps}  # fmt: skip
-    headline = "test_ensemble" if test else "cv"
-    result["winner"] = {}
-    for key in dict.fromkeys(("cv", headline)):
-        candidates = {f"network ({m})": result["network"][m][key]["c_index"] for m in cfg.rfs.modes}
-        candidates["clinical Cox"] = result["baseline_clinical"][key]["c_index"]
-        candidates["clinical + image Cox"] = result["baseline_clinical_image"][key]["c_index"]
-        known = {k: v for k, v in candidates.items() if v == v}
-        result["winner"][key] = max(known, key=known.get) if known else "n/a (no comparable pairs)"
     best_mode = max(
         cfg.rfs.modes, key=lambda m: np.nan_to_num(result["network"][m]["cv"]["c_index"], nan=-1)
     )
@@ -315,7 +338,17 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
         task, kfold["PatientID"], kfold["risk"], f"network ({best_mode}), cross-validation"
     )
     result["km"] = {"mode": best_mode, "logrank_p": p_value}
-    result["chains"] = chains(cfg, task, result, true_test, test)
+    served: dict[str, pd.Series] = {}
+    result["chains"] = chains(cfg, task, result, true_test, test, served)
+    mode = "gt" if cfg.rfs.chain == "paper" else registered_mode(cfg)
+    network = pooled_values(*frames[mode], "risk")
+    if "paper" in served and cfg.rfs.chain == "paper":
+        network["test_ensemble"] = served["paper"]
+    result["served_chain"] = cfg.rfs.chain
+    result["comparison"] = compare_with_baselines(
+        task, network, {b: pooled_values(*baselines[b], "risk") for b in baselines},
+        cfg.rfs.bootstrap,
+    )  # fmt: skip
     plots = Path(cfg.paths.plots) / "rfs"
     plots.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(plots / "km.png") as tmp:
@@ -340,7 +373,9 @@ def crossval_rfs(cfg: Config, track: bool = True) -> dict:
             run.log_figure(figure, "km.png")
             run.log_dict(result, "rfs.json")
     plt.close(figure)
-    log.info("Task 2 winners: %s", result["winner"])
+    log.info("Task 2 against the baselines: %s",
+             {split: {BASELINE_NAMES[b]: c["verdict"] for b, c in against.items()}
+              for split, against in result["comparison"].items()})  # fmt: skip
     return result
 
 
@@ -435,7 +470,14 @@ def render_report(result: dict, modes) -> str:
         "",
         reports.markdown_table(rows, ["model", "CV", "LOCO", "test, best fold", "test, ensemble"]),
         "",
-        "Winner: " + ", ".join(f"{k}: **{v}**" for k, v in result["winner"].items()),
+        f"The {result['served_chain']} chain on predicted inputs (what a new patient gets) against each "
+        "baseline on the same patients, with 95 % bootstrap intervals (the same resamples for both):",
+        "",
+        reports.markdown_table(
+            [{"split": split, "baseline": BASELINE_NAMES[b], **reports.comparison_cells(c)}
+             for split, against in result["comparison"].items() for b, c in against.items()],
+            ["split", "baseline", *reports.COMPARISON_COLUMNS],
+        ),
         "",
         *chain_section(result["chains"], cell),
         "## Folds",

@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hecktor import baselines, evaluation, figures, io, metrics, reports, tracking
+from hecktor import baselines, comparison, evaluation, figures, io, metrics, reports, tracking
 from hecktor.checkpoints import load_checkpoint, model_from, trained_checkpoint
 from hecktor.config import Config, SegConfig
 from hecktor.data import layout
@@ -102,24 +102,38 @@ def _score(pred_root: Path, network: str) -> dict:
         "chosen": network,
         "n_patients": scores[network]["n_patients"],
         "variants": {v: {k: scores[v][k] for k in SEG_METRICS} for v in scores},
-        "winner": {
-            k: metrics.winner(scores[network][k], scores["baseline"][k]) for k in SEG_METRICS
-        },
+        "comparison": compare_with_baseline(scores[network], scores["baseline"]),
         "per_centre": scores[network]["per_centre"],
         "baseline_per_centre": scores["baseline"]["per_centre"],
     }
 
 
+def compare_with_baseline(network: dict, baseline: dict, resamples: int = 1000) -> dict:
+    """Each metric of the network against the baseline's, resampling the same patients."""
+    patients = sorted(network["patients"])
+    rows = {name: [s["patients"][p] for p in patients]
+            for name, s in (("network", network), ("baseline", baseline))}  # fmt: skip
+
+    def score(name: str, metric: str):
+        return lambda idx: metrics.scores_of_patients([rows[name][i] for i in idx])[metric]
+
+    return {
+        k: comparison.compare(score("network", k), score("baseline", k), len(patients),
+                              resamples).to_dict()
+        for k in SEG_METRICS
+    }  # fmt: skip
+
+
 def common_keys(result: dict, split: str) -> dict:
     """The keys every task's metrics share: the registry's score and the report's headline rows."""
-    chosen, base = result["variants"][result["chosen"]], result["variants"]["baseline"]
+    chosen = result["variants"][result["chosen"]]
     where = "hold-out" if split == "holdout" else split
     return {
         "task": "seg",
         "score": {"name": "score (mean of GTVp DSC, GTVn DSCagg, GTVn F1agg)",
                   "value": chosen["score"]},
         "headline": [
-            reports.headline_row(f"{where} {k}", chosen[k], base[k], None, result["winner"][k])
+            reports.headline_row(f"{where} {k}", result["comparison"][k], None)
             for k in SEG_METRICS
         ],
     }  # fmt: skip
@@ -128,15 +142,8 @@ def common_keys(result: dict, split: str) -> dict:
 def render_report(result: dict, seg: SegConfig) -> str:
     network = result["chosen"]
     rows = [{"variant": v, **result["variants"][v]} for v in result["variants"]]
-    against = [
-        {
-            "metric": k,
-            "network": result["variants"][network][k],
-            "baseline": result["variants"]["baseline"][k],
-            "winner": result["winner"][k],
-        }
-        for k in SEG_METRICS
-    ]
+    against = [{"metric": k, **reports.comparison_cells(result["comparison"][k])}
+               for k in SEG_METRICS]  # fmt: skip
     lines = [
         "# Task 1: segmentation",
         "",
@@ -146,9 +153,10 @@ def render_report(result: dict, seg: SegConfig) -> str:
         "",
         reports.markdown_table(rows, ["variant", *SEG_METRICS]),
         "",
-        f"Network ({network}) against the baseline, metric by metric:",
+        f"Network ({network}) against the baseline, metric by metric, with 95 % bootstrap "
+        "intervals over patients (the same resamples for both):",
         "",
-        reports.markdown_table(against, ["metric", "network", "baseline", "winner"]),
+        reports.markdown_table(against, ["metric", *reports.COMPARISON_COLUMNS]),
         "",
         f"Maximum intensity projections of PET, prediction ({network}) and truth: the best, median and "
         "worst validation cases by GTVp DSC.",

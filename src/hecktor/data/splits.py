@@ -168,3 +168,14 @@ def fold_predictions(
         pd.DataFrame(oof, columns=["PatientID", "fold", "kind", column]),
         pd.DataFrame(tested, columns=["PatientID", "fold", column]),
     )
+
+
+def pooled_values(oof: pd.DataFrame, tested: pd.DataFrame, column: str) -> dict[str, pd.Series]:
+    """One value per patient from :func:`fold_predictions`' frames: ``cv`` (each k-fold
+    validation patient's out-of-fold value) and, with a test set, ``test_ensemble`` (the mean of
+    the k-fold models' values on each test patient)."""
+    kfold = oof[oof["kind"] == "kfold"]
+    out = {"cv": kfold.set_index("PatientID")[column].sort_index()}
+    if len(tested):
+        out["test_ensemble"] = tested.groupby("PatientID")[column].mean().sort_index()
+    return out

@@ -89,7 +89,7 @@ def rfs(bundle: Bundle, device: torch.device, autocast: Callable) -> Predict:
     for member in bundle.members:
         state = bundle.weights(member, device)
         encoder = ClinicalEncoder.from_dict(state["task"]["encoder"])
-        model = restored(rfs_network(cfg, encoder), state, device)
+        model = restored(rfs_network(cfg, encoder, spacing), state, device)
         members.append((model, encoder, member["risk_mean"], member["risk_std"]))
 
     def predict(inputs: PatientInputs) -> Outcome:

@@ -138,7 +138,7 @@ class RFSTask:
         return None
 
     def build_model(self) -> nn.Module:
-        return rfs_network(self.cfg, self.encoder)
+        return rfs_network(self.cfg, self.encoder, self.spacing)
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
         workers = self.cfg.train.num_workers
