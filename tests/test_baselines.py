@@ -1,5 +1,6 @@
 import numpy as np
 
+from hecktor import baselines
 from hecktor.baselines import pet_threshold
 
 
@@ -18,3 +19,16 @@ def test_pet_threshold_rules():
 
 def test_pet_threshold_nothing_above():
     assert pet_threshold(np.ones((4, 4, 4)), 1.0).sum() == 0
+
+
+def test_the_linear_starting_points_are_the_baselines_fits():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] - x[:, 1] + rng.normal(0, 0.5, 200) > 0).astype(int)
+    weights, _ = baselines.logistic_weights(x, y)
+    assert weights[0] > 1 and weights[1] < -1 and abs(weights[2]) < 0.5
+    assert baselines.logistic_weights(x, np.ones(200))[0].tolist() == [0.0, 0.0, 0.0]
+    time = rng.exponential(1 / np.exp(x[:, 0] - x[:, 1]))  # hazard rises with x0, falls with x1
+    cox = baselines.cox_weights(x, time, np.ones(200))
+    assert cox[0] > 0.5 and cox[1] < -0.5 and abs(cox[2]) < 0.3
+    assert baselines.cox_weights(x, time, np.zeros(200)).tolist() == [0.0, 0.0, 0.0]

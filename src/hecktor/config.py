@@ -26,7 +26,7 @@ from hecktor import planning
 from hecktor.errors import UserError
 from hecktor.fingerprints import json_digest
 
-Profile = Literal["tiny", "demo", "paper", "paper_tuned"]
+Profile = Literal["tiny", "demo", "learning", "paper", "paper_tuned"]
 TUNABLE = ("seg", "hpv", "rfs")
 Triple = tuple[float, float, float]
 # settings that change how a training runs, not what it learns: a tuned file still applies
@@ -170,6 +170,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     val_every: int = Field(1, ge=1)
+    # the weights a fit keeps (best.pt): the epoch with the best validation score (the paper's;
+    # the validation patients then both choose and score the model, an optimistic figure), or
+    # the last epoch (the validation patients only score it: honest out-of-fold figures)
+    select: Literal["best", "last"] = "best"
     swa_epochs: int = Field(0, ge=0)
     swa_lr: float = Field(5e-5, gt=0)
     grad_clip: float = Field(12.0, gt=0)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
 from hecktor import metrics
 from hecktor.config import override
@@ -115,3 +116,23 @@ def test_task2_network_fits_its_training_patients(project_cfg, tmp_path, fusion)
     with torch.no_grad():
         scores = task.validate(model, patients, CPU, nullcontext)
     assert scores["c_index"] > 0.9
+
+
+def test_the_additive_fusion_starts_as_the_clinical_baseline(project_cfg):
+    """Before its first step the network's HPV logit is the clinical logistic regression's, fitted
+    on the same training patients (the image term starts at zero)."""
+    cfg = project_cfg
+    hpv = override(cfg.hpv, init_from_seg=False, fusion="additive")
+    task = HPVTask(hpv, cfg.seg, cfg.paths.prepared)
+    patients = _patients(cfg)
+    task.table.loc[patients, "HPV Status"] = [1, 0] * (len(patients) // 2)
+    task.setup(patients)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    task.warm_start(model)
+    x = task.encoder.transform(task.table.loc[patients])
+    expected = LogisticRegression(class_weight="balanced", max_iter=2000)
+    expected = expected.fit(x, task.labels(patients)).decision_function(x)
+    with torch.no_grad():
+        logits = task.logits(model, patients, CPU, nullcontext)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)

@@ -56,6 +56,29 @@ def test_fit_writes_safe_checkpoints_and_selects_the_best(project_cfg, tmp_path)
     assert (tmp_path / "run" / "swa.pt").is_file()
 
 
+class _Worsening(SegmentationTask):
+    """Validation says every epoch is worse than the one before."""
+
+    calls = 0
+
+    def validate(self, model, patients, device, autocast):
+        self.calls += 1
+        return {"score": -float(self.calls)}
+
+
+@pytest.mark.parametrize(("select", "kept"), [("best", 1), ("last", 3)])
+def test_the_kept_epoch_is_the_best_or_the_last(project_cfg, tmp_path, select, kept):
+    task = _Worsening(project_cfg.seg, project_cfg.paths.prepared)
+    _, train_ids, val_ids = _task_and_fold(project_cfg)
+    cfg = project_cfg.seg.train.model_copy(update={"epochs": 3, "select": select})
+    result = engine.fit(task, train_ids, val_ids, cfg, tmp_path / "run", key="h")
+    best = checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
+    assert result.best_epoch == kept and best["epoch"] == kept
+    last = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert [h["val_score"] for h in last["history"]] == [-1.0, -2.0, -3.0]  # curves either way
+    assert _same_weights(best["model"], last["model"]) == (select == "last")
+
+
 def test_optimizer_state_goes_to_its_own_folder_and_resumes_from_there(
     project_cfg, tmp_path, caplog
 ):

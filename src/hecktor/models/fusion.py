@@ -50,6 +50,15 @@ class Fused(nn.Module):
         else:
             raise ValueError(f"unknown fusion {fusion!r}: concat or additive")
 
+    def start_from_linear(self, weights, bias: float = 0.0) -> None:
+        """Set the additive form's clinical term to a fitted linear model (the task's clinical
+        baseline on the same training patients): training then starts from that model."""
+        if self.fusion != "additive":
+            raise ValueError("only the additive fusion has a linear clinical term")
+        with torch.no_grad():
+            self.clinical.weight.copy_(torch.as_tensor(weights, dtype=torch.float32)[None])
+            self.clinical.bias.fill_(float(bias))
+
     def fuse(
         self, image: torch.Tensor, clinical: torch.Tensor, extra: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
+from hecktor.baselines import logistic_weights
 from hecktor.checkpoints import best_fold, kfold_checkpoints, load_checkpoint
 from hecktor.config import Config, HpvConfig, SegConfig
 from hecktor.data.clinical import HPV_VARIABLES, ClinicalEncoder, read_clinical
@@ -77,6 +78,7 @@ class HPVTask:
         self.patch = within(cfg.patch_size, self.shape)
         self.table = read_clinical(prepared)
         self.encoder = ClinicalEncoder(HPV_VARIABLES)
+        self.train_ids: list[str] = []
         self.init = init if cfg.init_from_seg else None
         # planned as Task 1's network, so its weights fit; the input may be larger than that patch
         self.plan = (
@@ -92,7 +94,8 @@ class HPVTask:
         self.feature_cache: dict[tuple[int, str], torch.Tensor] | None = None
 
     def setup(self, train_patients: Sequence[str]) -> None:
-        self.encoder = ClinicalEncoder.fit(HPV_VARIABLES, self.table.loc[list(train_patients)])
+        self.train_ids = list(train_patients)
+        self.encoder = ClinicalEncoder.fit(HPV_VARIABLES, self.table.loc[self.train_ids])
 
     def _check_sizes(self) -> None:
         self.plan.check(self.patch, "hpv.patch_size")
@@ -113,9 +116,14 @@ class HPVTask:
         return hpv_network(self.cfg, self.plan, self.encoder)
 
     def warm_start(self, model: nn.Module) -> None:
-        """Start a new training from the Task 1 weights (``hpv.init_from_seg``), if trained."""
+        """Start a new training from the Task 1 weights (``hpv.init_from_seg``), if trained, and
+        the additive fusion's clinical term from the clinical logistic regression fitted on the
+        same training patients."""
         if self.init is not None and self.init.is_file():
             model.segmenter.load_state_dict(load_checkpoint(self.init)["model"])  # type: ignore[union-attr]
+        if self.cfg.fusion == "additive":
+            x = self.encoder.transform(self.table.loc[self.train_ids])
+            model.start_from_linear(*logistic_weights(x, self.labels(self.train_ids)))  # type: ignore[operator]
 
     def train_dataset(self, patients: Sequence[str]) -> Dataset:
         images = augmented_dataset(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from hecktor import metrics
+from hecktor.baselines import cox_weights
 from hecktor.checkpoints import kfold_checkpoints, load_checkpoint, model_from
 from hecktor.config import Config, RfsConfig
 from hecktor.data.clinical import RFS_VARIABLES, ClinicalEncoder, read_clinical
@@ -20,6 +21,7 @@ from hecktor.data.preprocess import StoredCase, prepared_grid
 from hecktor.devices import autocast_for, precision_for, resolve_device
 from hecktor.errors import UserError
 from hecktor.losses import cox_loss
+from hecktor.models.survival import lesion_statistics
 from hecktor.networks import rfs_input, rfs_network
 from hecktor.prediction import rfs_risk
 from hecktor.tasks import task_folds
@@ -85,6 +87,7 @@ class RFSTask:
         self.table = read_clinical(prepared)
         self.inputs = pd.read_csv(self.inputs_dir / "inputs.csv").set_index("PatientID")
         self.encoder = ClinicalEncoder(RFS_VARIABLES)
+        self.train_ids: list[str] = []
         self.spacing, _ = prepared_grid(prepared)
         self.cache: dict[tuple[str, str], np.ndarray] = {}  # (patient, inputs): input
 
@@ -119,7 +122,8 @@ class RFSTask:
         return found
 
     def setup(self, train_patients: Sequence[str]) -> None:
-        self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(train_patients, self.mode))
+        self.train_ids = list(train_patients)
+        self.encoder = ClinicalEncoder.fit(RFS_VARIABLES, self.frame(self.train_ids, self.mode))
 
     def state(self) -> dict:
         return {"encoder": self.encoder.to_dict(), "mode": self.mode}
@@ -135,7 +139,17 @@ class RFSTask:
         )
 
     def warm_start(self, model: nn.Module) -> None:
-        return None
+        """The additive fusion's linear term starts as a Cox model of the clinical variables (and
+        the lesion statistics, where the network has them) fitted on the same training patients."""
+        if self.cfg.fusion != "additive":
+            return
+        ids = self.train_ids
+        x = self.encoder.transform(self.frame(ids, self.mode))
+        if self.cfg.lesion_features:
+            images = torch.as_tensor(np.stack([self.image(p, self.mode) for p in ids]))
+            x = np.concatenate([x, lesion_statistics(images, model.voxel_cc).numpy()], axis=1)
+        outcome = self.table.loc[ids, ["RFS", "Relapse"]].to_numpy(float)
+        model.start_from_linear(cox_weights(x, outcome[:, 0], outcome[:, 1]))  # type: ignore[operator]
 
     def build_model(self) -> nn.Module:
         return rfs_network(self.cfg, self.encoder, self.spacing)

@@ -2,7 +2,7 @@
 
 A task (see :class:`Task`) says how to build its model, compute its loss on a batch and score a
 validation pass. The engine does the rest, once: epochs, Adam, mixed precision, a checkpoint after
-every epoch, resume after a kill, selection of the best epoch by the task's validation score,
+every epoch, resume after a kill, the kept epoch (the best by the task's validation score, or the last),
 stochastic weight averaging, seeding, progress bars, MLflow logging, and DDP under ``torchrun``
 (rank 0 alone logs and checkpoints).
 
@@ -562,7 +562,10 @@ def _fit_epoch(
     if loop.rank == 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and val_ids:
         metrics = _validate(loop, model, val_ids)
         record.update({f"val_{k}": v for k, v in metrics.items()})
-        if metrics["score"] > progress.best_score:
+        chosen = (
+            epoch == cfg.epochs if cfg.select == "last" else metrics["score"] > progress.best_score
+        )
+        if chosen:
             progress.best_epoch, progress.best_score = epoch, float(metrics["score"])
             progress.best_metrics = dict(metrics)
             _save_weights(out / "best.pt", loop, model, epoch, metrics, key)
