@@ -77,5 +77,6 @@ def test_verdicts(difference, network, said):
 def test_interval_text():
     assert comparison.interval_text(0.6123, (0.55, 0.671)) == "0.612 [0.55, 0.67]"
     assert comparison.interval_text(0.6, None) == "0.600"
+    assert comparison.interval_text(0.6, [None, None]) == "0.600"  # NaN read back from JSON
     assert comparison.interval_text(float("nan"), (0.1, 0.2)) == "n/a"
     assert comparison.interval_text(None, None) == "n/a"

@@ -21,7 +21,7 @@ def _metrics():
             "headline": [
                 headline_row("hold-out score", _compared(0.7, 0.4, "network ahead",
                                                          [0.61, 0.79]), None),
-                headline_row("hold-out GTVp_DSC", _compared(None, 0.6, "n/a"), None),
+                headline_row("hold-out GTVp_DSC", _compared(None, 0.6, "n/a", [None, None]), None),
             ]
         },
     }  # fmt: skip
@@ -35,6 +35,7 @@ def test_headline_rows_follow_the_tasks_order_and_print_missing_figures_as_na():
         ("Task 3: HPV status", "cv balanced accuracy"),
     ]
     assert rows[1]["network"] == "n/a" and rows[0]["oracle"] == "n/a"
+    assert rows[1]["baseline"] == "0.600"  # an interval of NaN, read back from JSON as nulls
     assert rows[1]["difference"] == "n/a"
     assert headline_rows({"seg": None}, TITLES) == []
 

@@ -118,6 +118,6 @@ def interval_text(value: float, interval: tuple[float, float] | list[float] | No
     """``0.612 [0.55, 0.67]``, or the value alone when there is no interval."""
     if value is None or value != value:
         return "n/a"
-    if not interval or interval[0] != interval[0]:
+    if not interval or any(v is None or v != v for v in interval):  # none, or NaN (null in JSON)
         return f"{value:.3f}"
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
