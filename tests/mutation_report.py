@@ -30,7 +30,6 @@ REASONS = {
     "coxshift": "The Cox partial likelihood is unchanged by adding one constant to every risk "
     "(centring only keeps the exponentials in range; `test_shift_invariance`); "
     "`.to(None)` keeps the tensor where it is.",
-    "winner": "`>` and `>=` differ only at equality, which the line returns on before.",
     "onestd": "One age has a NaN spread and `NaN > 0` is false: the default spread either way.",
     "block": "The block size of a file read does not change its SHA-256.",
     "nanlabel": "`None` and `NaN` are both dropped by `notna()` on the next line.",
@@ -46,7 +45,6 @@ RULES = [
     (r"np\.argsort\(-iou", "tieorder"),
     (r"torch\.argsort\(time", "coxties"),
     (r"risk \+ risk\.mean\(\)|\.to\(None\)", "coxshift"),
-    (r"network >= baseline", "winner"),
     (r"len\(ages\) >= 1", "onestd"),
     (r"handle\.read", "block"),
     (r'frame\["label"\] = None', "nanlabel"),
